@@ -1,0 +1,49 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test check lint typecheck pytest docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(RUN_STAMP)
+
+## run: create the venv, install, and start the appliance on the built-in simulated site
+run: $(RUN_STAMP)
+	$(BIN)/appliance run --simulate
+
+## test: install what the tests need, then lint, type-check and run the whole suite
+test: $(TEST_STAMP)
+	bash scripts/install-test-servers.sh
+	$(MAKE) --no-print-directory check pytest
+
+check: lint typecheck
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(TEST_STAMP)
+	$(BIN)/mypy
+
+pytest: $(TEST_STAMP)
+	$(BIN)/python -m pytest
+
+## docs: regenerate the generated documentation from models/points.yaml
+docs: $(RUN_STAMP)
+	$(BIN)/appliance points --format markdown > docs/points.md
+	$(BIN)/appliance points --format csv > docs/points.csv
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

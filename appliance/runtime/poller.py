@@ -1,0 +1,103 @@
+"""The poll loop shared by every polled device: read, stamp, store; back off when down.
+
+Drivers only read and return typed values; the poller writes them to the store, marks the
+device's points BAD when it stops answering, and logs once when a device goes down and once
+when it comes back (not once per failed poll: a dead meter must not flood the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from appliance.errors import DriverError, NotSupported
+from appliance.store import DataStore, Value
+
+log = logging.getLogger(__name__)
+
+ReadFn = Callable[[], Awaitable[Mapping[str, Value | None]]]
+
+
+class Poller:
+    """Polls one device every `interval_s`, retrying with jittered exponential back-off."""
+
+    def __init__(
+        self,
+        name: str,
+        read: ReadFn,
+        store: DataStore,
+        point_ids: Sequence[str],
+        *,
+        interval_s: float,
+        comm_ok_point: str | None = None,
+        max_backoff_s: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self._read = read
+        self._store = store
+        self._point_ids = list(point_ids)
+        self.interval_s = interval_s
+        self._comm_ok_point = comm_ok_point
+        self._max_backoff_s = max_backoff_s
+        self._rng = rng or random.Random()  # noqa: S311 - back-off jitter, not cryptography
+        self.up = False
+        self.failures = 0  # consecutive failed polls
+        self.polls = 0
+        self.errors = 0
+
+    async def poll_once(self) -> bool:
+        """One read; returns whether the device answered. Never raises a DriverError."""
+        self.polls += 1
+        started = self._store.clock.time()
+        try:
+            values = await self._read()
+        except NotSupported:
+            raise
+        except DriverError as exc:
+            self._went_down(exc)
+            return False
+        values = dict(values)
+        if self._comm_ok_point is not None:
+            values[self._comm_ok_point] = True
+        self._store.put_many(values, timestamp=started)
+        if not self.up:
+            if self.failures:
+                log.info("%s: answering again after %d failed poll(s)", self.name, self.failures)
+            else:
+                log.info("%s: first reading received", self.name)
+        self.up = True
+        self.failures = 0
+        return True
+
+    def _went_down(self, exc: DriverError) -> None:
+        self.errors += 1
+        self.failures += 1
+        if self.up or self.failures == 1:
+            log.error("%s: not answering (%s); its points are marked bad", self.name, exc)
+        else:
+            log.debug("%s: still not answering (%s)", self.name, exc)
+        self.up = False
+        self._store.mark_bad(self._point_ids)
+        if self._comm_ok_point is not None:
+            self._store.put(self._comm_ok_point, False)
+
+    def next_delay_s(self) -> float:
+        """Normal period while up; jittered exponential back-off while down."""
+        if self.failures <= 1:
+            return self.interval_s
+        backoff = min(self._max_backoff_s, self.interval_s * 2.0 ** min(self.failures - 1, 10))
+        return backoff * self._rng.uniform(0.5, 1.0)
+
+    async def run(self) -> None:
+        """Poll forever on a fixed schedule (a slow read does not shift later polls)."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            await self.poll_once()
+            next_at += self.next_delay_s()
+            now = loop.time()
+            next_at = max(next_at, now)  # a read longer than the period: skip, don't pile up
+            await asyncio.sleep(next_at - now)
