@@ -34,6 +34,7 @@ class Poller:
         comm_ok_point: str | None = None,
         max_backoff_s: float = 30.0,
         rng: random.Random | None = None,
+        close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self._read = read
@@ -42,6 +43,7 @@ class Poller:
         self.interval_s = interval_s
         self._comm_ok_point = comm_ok_point
         self._max_backoff_s = max_backoff_s
+        self._close = close
         self._rng = rng or random.Random()  # noqa: S311 - back-off jitter, not cryptography
         self.up = False
         self.failures = 0  # consecutive failed polls
@@ -83,6 +85,14 @@ class Poller:
         self._store.mark_bad(self._point_ids)
         if self._comm_ok_point is not None:
             self._store.put(self._comm_ok_point, False)
+
+    async def close(self) -> None:
+        """Release the device link (called once at shutdown)."""
+        if self._close is not None:
+            try:
+                await self._close()
+            except DriverError as exc:
+                log.warning("%s: error while closing: %s", self.name, exc)
 
     def next_delay_s(self) -> float:
         """Normal period while up; jittered exponential back-off while down."""

@@ -18,7 +18,8 @@ def test_float32_is_high_word_first() -> None:
     # 230.2 V as an SDM630 sent it: 0x4366 0x3334 (the last bit differs by rounding).
     m = mapping(RegisterType.FLOAT32)
     decoded = decode(m, (0x4366, 0x3334))
-    assert decoded is not None and math.isclose(decoded, 230.2, rel_tol=1e-6)
+    assert decoded is not None
+    assert math.isclose(decoded, 230.2, rel_tol=1e-6)
     assert encode(m, 230.2) == (0x4366, 0x3333)
 
 
@@ -31,11 +32,14 @@ def test_float32_is_high_word_first() -> None:
         (RegisterType.UINT32, 1.0, 0x12345678, (0x1234, 0x5678)),
     ],
 )
-def test_integer_encodings_round_trip(rtype: RegisterType, gain: float, value: float, words: tuple[int, ...]) -> None:
+def test_integer_encodings_round_trip(
+    rtype: RegisterType, gain: float, value: float, words: tuple[int, ...]
+) -> None:
     m = mapping(rtype, gain)
     assert encode(m, value) == words
     decoded = decode(m, words)
-    assert decoded is not None and math.isclose(decoded, value, abs_tol=1e-9)
+    assert decoded is not None
+    assert math.isclose(decoded, value, abs_tol=1e-9)
 
 
 @pytest.mark.parametrize("rtype", list(RegisterType))

@@ -34,7 +34,9 @@ def test_point_is_waiting_before_first_sample(store: DataStore) -> None:
     assert store.read_fresh("grid.active_power") == (False, None)
 
 
-def test_fresh_sample_is_good_and_carries_measurement_time(store: DataStore, clock: ManualClock) -> None:
+def test_fresh_sample_is_good_and_carries_measurement_time(
+    store: DataStore, clock: ManualClock
+) -> None:
     store.put("grid.active_power", 1234.5, timestamp=1_700_000_000.0)
     sample = store.get("grid.active_power")
     assert sample.quality is Quality.GOOD
@@ -54,7 +56,9 @@ def test_grid_meter_turns_stale_after_two_seconds(store: DataStore, clock: Manua
     assert store.read_fresh("grid.active_power") == (False, 500.0)
 
 
-def test_point_without_staleness_limit_never_turns_stale(store: DataStore, clock: ManualClock) -> None:
+def test_point_without_staleness_limit_never_turns_stale(
+    store: DataStore, clock: ManualClock
+) -> None:
     store.put("controller.grid_target", 0.0)
     clock.advance(3600)
     assert store.get("controller.grid_target").quality is Quality.GOOD
@@ -92,7 +96,9 @@ def test_history_is_bounded_and_gives_rate_of_change(table: PointTable, clock: M
     assert store.rate_of_change("pv.active_power", window_s=10.0) is None
 
 
-def test_snapshot_is_consistent_and_limited_to_requested_points(store: DataStore, clock: ManualClock) -> None:
+def test_snapshot_is_consistent_and_limited_to_requested_points(
+    store: DataStore, clock: ManualClock
+) -> None:
     store.put_many({"grid.active_power": 10.0, "pv.active_power": 20.0})
     clock.advance(3.0)
     snap = store.snapshot(["grid.active_power", "pv.active_power"])
@@ -101,7 +107,9 @@ def test_snapshot_is_consistent_and_limited_to_requested_points(store: DataStore
     assert snap["pv.active_power"].quality is Quality.GOOD  # 5 s limit
 
 
-def test_subscription_first_collect_is_full_image_then_only_changes(store: DataStore, table: PointTable) -> None:
+def test_subscription_first_collect_is_full_image_then_only_changes(
+    store: DataStore, table: PointTable
+) -> None:
     sub = store.subscribe("face")
     assert len(sub.collect()) == len(table)
     assert sub.collect() == {}
@@ -112,7 +120,9 @@ def test_subscription_first_collect_is_full_image_then_only_changes(store: DataS
     assert changes["grid.active_power"].value == 2.0
 
 
-def test_subscription_reports_turning_stale_without_a_write(store: DataStore, clock: ManualClock) -> None:
+def test_subscription_reports_turning_stale_without_a_write(
+    store: DataStore, clock: ManualClock
+) -> None:
     sub = store.subscribe("face")
     store.put("grid.active_power", 1.0)
     sub.collect()
@@ -150,7 +160,9 @@ def test_concurrent_writers_lose_nothing(table: PointTable) -> None:
             store.put("house.active_power", float(offset + i))
 
     threads = [threading.Thread(target=writer, args=(pid,)) for pid in point_ids]
-    threads += [threading.Thread(target=shared_writer, args=(k * writes_per_thread,)) for k in range(4)]
+    threads += [
+        threading.Thread(target=shared_writer, args=(k * writes_per_thread,)) for k in range(4)
+    ]
     for t in threads:
         t.start()
     snapshots = [store.snapshot(point_ids) for _ in range(200)]  # readers run alongside

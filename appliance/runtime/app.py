@@ -1,0 +1,146 @@
+"""Composition root: start the simulated site (if asked), the core, and the faces process.
+
+Process layout (docs/architecture.md explains the choice):
+  main process     the core: pollers, store, the control cycle, the faces supervisor
+  faces process    OPC UA, Modbus slave, archive, metrics; restarted if it dies
+  simulated site   the plant and its device simulators (only with --simulate)
+SIGINT and SIGTERM stop everything in reverse order and `appliance run` exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import logging
+import multiprocessing
+import signal
+import sys
+from multiprocessing.process import BaseProcess
+
+from appliance import __version__
+from appliance.config.schema import SiteConfig
+from appliance.runtime.core import Core
+from appliance.runtime.faces_supervisor import FacesSupervisor
+from appliance.simulation.site import simulated_site_main
+
+log = logging.getLogger(__name__)
+
+SIMULATION_START_TIMEOUT_S = 30.0
+
+
+def _start_simulated_site(config: SiteConfig) -> BaseProcess:
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    process = context.Process(
+        target=simulated_site_main, args=(config, ready), name="simulated-site", daemon=True
+    )
+    process.start()
+    if not ready.wait(SIMULATION_START_TIMEOUT_S):
+        process.terminate()
+        process.join(5)
+        raise RuntimeError(
+            f"the simulated site did not start within {SIMULATION_START_TIMEOUT_S:.0f} s "
+            f"(exit code {process.exitcode}); see the log above"
+        )
+    return process
+
+
+def _stop_process(process: BaseProcess | None) -> None:
+    if process is None or not process.is_alive():
+        return
+    process.terminate()
+    process.join(5)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+
+
+def endpoints_text(config: SiteConfig, simulate: bool) -> str:
+    faces = config.faces
+    lines = [
+        f"appliance {__version__}: site '{config.site.id}' ({config.source})",
+        f"  control cycle every {config.control.loop_interval_s * 1000:.0f} ms",
+        "  faces:",
+    ]
+    if faces.metrics.enabled:
+        lines.append(f"    metrics   http://{faces.metrics.bind}:{faces.metrics.port}/metrics")
+    if faces.opcua.enabled:
+        lines.append(
+            f"    OPC UA    opc.tcp://{faces.opcua.bind}:{faces.opcua.port} "
+            "(configured; not served by this version yet)"
+        )
+    if faces.modbus.enabled:
+        lines.append(
+            f"    Modbus    {faces.modbus.bind}:{faces.modbus.port} unit {faces.modbus.unit_id} "
+            "(configured; not served by this version yet)"
+        )
+    if simulate:
+        lines.append("  simulated site:")
+        lines += [f"    {line}" for line in _simulated_header(config)]
+    lines.append("Ctrl-C stops the appliance.")
+    return "\n".join(lines)
+
+
+def _simulated_header(config: SiteConfig) -> list[str]:
+    """The documented ports and demo users of the built-in simulated site (its header comment)."""
+    if not config.source.endswith("simulated.yaml"):
+        return ["(devices as in the configuration, on loopback)"]
+    text = (importlib.resources.files("appliance.models") / "sites" / "simulated.yaml").read_text()
+    header: list[str] = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").rstrip()[1:] if line.startswith("# ") else "")
+    return header
+
+
+async def _run(config: SiteConfig, simulate: bool) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    simulation: BaseProcess | None = None
+    core: Core | None = None
+    faces: FacesSupervisor | None = None
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        if simulate:
+            simulation = await loop.run_in_executor(None, _start_simulated_site, config)
+        core = Core(config)
+        faces = FacesSupervisor(core, config)
+        faces.start()
+        core.cycle_hooks.append(faces.on_cycle)
+        tasks = [asyncio.create_task(p.run(), name=f"poll[{p.name}]") for p in core.pollers]
+        tasks.append(asyncio.create_task(core.run_cycles(), name="control.cycle"))
+        print(endpoints_text(config, simulate), flush=True)
+        stopping = asyncio.create_task(stop.wait(), name="appliance.stop")
+        done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        failed = [t for t in done if t is not stopping]
+        for task in failed:
+            log.critical("task %s ended unexpectedly: %r", task.get_name(), task.exception())
+        return 1 if failed else 0
+    finally:
+        log.info("appliance: stopping")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if faces is not None:
+            await loop.run_in_executor(None, faces.stop)
+        if core is not None:
+            await core.close()
+        await loop.run_in_executor(None, _stop_process, simulation)
+        log.info("appliance: stopped")
+
+
+def run_appliance(config: SiteConfig, *, simulate: bool) -> int:
+    try:
+        return asyncio.run(_run(config, simulate))
+    except RuntimeError as exc:
+        print(f"appliance: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        with contextlib.suppress(Exception):
+            log.warning("appliance: interrupted during shutdown")
+        return 0

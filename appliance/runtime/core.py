@@ -1,0 +1,171 @@
+"""The acquisition and control core: pollers, store, the 500 ms cycle, commands, the faces' feed.
+
+The core runs in the appliance's main process on its own event loop and shares it with
+nothing but its own pollers; the faces (OPC UA, Modbus slave, archive, metrics) run in a
+separate process fed once per cycle (see `faces_supervisor.py` and docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from appliance.clock import Clock, SystemClock
+from appliance.config.schema import SiteConfig
+from appliance.control.command_types import CommandRequest, CommandResult
+from appliance.control.commands import validate_command
+from appliance.runtime.devices import build_pollers
+from appliance.runtime.poller import Poller
+from appliance.runtime.site_table import site_point_table
+from appliance.store import DataStore, Quality
+
+log = logging.getLogger(__name__)
+
+_MODES = {"stop": 0, "activate": 1, "maxself": 2, "chargeonly": 3}
+_STATUS_RUNNING, _STATUS_DEGRADED = 1, 2
+
+
+@dataclass
+class CycleStats:
+    """Timing of the control cycle: how late each cycle started against its schedule."""
+
+    cycles: int = 0
+    overruns: int = 0
+    lateness_s: deque[float] = field(default_factory=lambda: deque(maxlen=7200))
+
+    def record(self, lateness_s: float, period_s: float) -> None:
+        self.cycles += 1
+        self.lateness_s.append(lateness_s)
+        if lateness_s >= period_s:
+            self.overruns += 1
+
+
+class Core:
+    """Owns the store and everything that writes to it; runs the periodic cycle."""
+
+    def __init__(self, config: SiteConfig, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.table = site_point_table(config)
+        self.store = DataStore(self.table, clock=self.clock)
+        self.pollers: list[Poller] = build_pollers(config, self.store)
+        self.period_s = config.control.loop_interval_s
+        self.stats = CycleStats()
+        self.started_at = self.clock.monotonic()
+        self.alive_counter = 0
+        self.face_restarts = 0
+        # Called after every cycle, in order: the faces' feed and command intake hook in here.
+        self.cycle_hooks: list[Callable[[], None]] = []
+        self._initialise_points()
+
+    def _initialise_points(self) -> None:
+        control = self.config.control
+        self.store.put_many(
+            {
+                "appliance.status": 0,
+                "controller.mode": _MODES[control.initial_mode],
+                "controller.state": _MODES[control.initial_mode],
+                "controller.profile": 0 if control.profile == "balancing" else 1,
+                "controller.grid_target": control.grid_target_w,
+                "controller.reserve_soc": control.reserve_soc_pct,
+                "heartbeat.timeout": control.heartbeat_timeout_s,
+                "heartbeat.ok": False,
+            }
+        )
+
+    # -- the cycle ---------------------------------------------------------------
+
+    def cycle(self, lateness_s: float) -> None:
+        """One control cycle. Pure bookkeeping and arithmetic: never awaits, never blocks."""
+        self.stats.record(lateness_s, self.period_s)
+        self.alive_counter = (self.alive_counter + 1) % 0xFFFFFFFF
+        self._derive_house_consumption()
+        self._supervise_heartbeat()
+        degraded = any(not p.up for p in self.pollers)
+        self.store.put_many(
+            {
+                "appliance.alive_counter": self.alive_counter,
+                "appliance.uptime": int(self.clock.monotonic() - self.started_at),
+                "appliance.loop_lateness": lateness_s * 1000.0,
+                "appliance.loop_overruns": self.stats.overruns,
+                "appliance.face_restarts": self.face_restarts,
+                "appliance.status": _STATUS_DEGRADED if degraded else _STATUS_RUNNING,
+            }
+        )
+
+    def _derive_house_consumption(self) -> None:
+        """House = grid import + PV production + battery discharge, only from fresh inputs."""
+        grid_ok, grid_w = self.store.read_fresh("grid.active_power")
+        pv_ok, pv_w = self.store.read_fresh("pv.active_power")
+        inverters = [
+            p.id for p in self.table.in_block("inverter") if p.id.endswith(".active_power")
+        ]
+        battery = self.store.snapshot(inverters)
+        battery_ok = all(s.quality is Quality.GOOD for s in battery.values())
+        if not self.config.devices.pv_meter:
+            pv_ok, pv_w = True, 0.0
+        if grid_ok and pv_ok and battery_ok:
+            battery_w = math.fsum(float(s.value or 0.0) for s in battery.values())
+            self.store.put(
+                "house.active_power", float(grid_w or 0.0) + float(pv_w or 0.0) + battery_w
+            )
+
+    def _supervise_heartbeat(self) -> None:
+        last = self.store.get("heartbeat.last_time")
+        ok = (
+            last.value is not None
+            and self.clock.time() - float(last.value) <= self.config.control.heartbeat_timeout_s
+        )
+        if self.store.get("heartbeat.ok").value != ok:
+            self.store.put("heartbeat.ok", ok)
+
+    # -- commands ----------------------------------------------------------------
+
+    def handle_command(self, request: CommandRequest) -> CommandResult:
+        """Validate, then apply; the faces report the result to their client."""
+        result = validate_command(self.table, request)
+        if not result.accepted:
+            log.info(
+                "command %s from %s rejected: %s", request.command, request.source, result.reason
+            )
+            return result
+        if request.command == "heartbeat":
+            self.store.put_many(
+                {"heartbeat.counter": request.value, "heartbeat.last_time": int(self.clock.time())}
+            )
+        elif request.point_id is not None and request.value is not None:
+            self.store.put(request.point_id, request.value)
+        log.info(
+            "command %s from %s accepted (%s = %s)",
+            request.command,
+            request.source,
+            request.point_id,
+            request.value,
+        )
+        return result
+
+    async def close(self) -> None:
+        for poller in self.pollers:
+            await poller.close()
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run_cycles(self) -> None:
+        """Run `cycle` every period on a fixed schedule, measuring how late each one starts."""
+        loop = asyncio.get_running_loop()
+        scheduled = loop.time()
+        while True:
+            now = loop.time()
+            lateness = max(0.0, now - scheduled)
+            self.cycle(lateness)
+            for hook in self.cycle_hooks:
+                hook()
+            scheduled += self.period_s
+            if loop.time() > scheduled:  # overran: resynchronise instead of bursting
+                missed = math.floor((loop.time() - scheduled) / self.period_s) + 1
+                scheduled += missed * self.period_s
+            await asyncio.sleep(scheduled - loop.time())
