@@ -22,7 +22,9 @@ def shipped_site(name: str) -> Path:
 
 
 @pytest.mark.parametrize("name", ["simulated.yaml", "example-site.yaml"])
-def test_check_config_accepts_the_shipped_examples(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_accepts_the_shipped_examples(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["check-config", str(shipped_site(name))]) == 0
     assert ": ok (site '" in capsys.readouterr().out
 
@@ -38,7 +40,8 @@ def test_check_config_names_file_field_path_and_allowed_values(
     assert str(bad) in err
     assert "control.profile" in err
     assert "bang_bang" in err
-    assert "balancing" in err and "spec" in err
+    assert "balancing" in err
+    assert "spec" in err
 
 
 def test_check_config_reports_out_of_range_with_the_allowed_range(
@@ -53,7 +56,9 @@ def test_check_config_reports_out_of_range_with_the_allowed_range(
     assert "-5" in err
 
 
-def test_check_config_on_a_missing_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_on_a_missing_file_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["check-config", str(tmp_path / "nope.yaml")]) == 1
     assert "nope.yaml" in capsys.readouterr().err
 

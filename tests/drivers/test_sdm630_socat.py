@@ -22,14 +22,14 @@ from tests.drivers.test_sdm630 import as_float32, make_reading
 @pytest.fixture
 async def socat_pair(tmp_path: Path) -> AsyncIterator[tuple[Path, Path]]:
     socat = shutil.which("socat")
-    assert socat is not None, "socat is missing: `make test` installs it (scripts/install-test-servers.sh)"
+    assert socat is not None, (
+        "socat is missing: `make test` installs it (scripts/install-test-servers.sh)"
+    )
     meter_end, appliance_end = tmp_path / "ttyMETER", tmp_path / "ttyUSB0"
-    process = subprocess.Popen(
-        [
-            socat,
-            f"pty,raw,echo=0,link={meter_end}",
-            f"pty,raw,echo=0,link={appliance_end}",
-        ],
+    process = await asyncio.create_subprocess_exec(
+        socat,
+        f"pty,raw,echo=0,link={meter_end}",
+        f"pty,raw,echo=0,link={appliance_end}",
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -43,7 +43,8 @@ async def socat_pair(tmp_path: Path) -> AsyncIterator[tuple[Path, Path]]:
         yield meter_end, appliance_end
     finally:
         process.terminate()
-        process.wait(timeout=5)
+        async with asyncio.timeout(5):
+            await process.wait()
 
 
 async def test_rtu_read_through_socat_pty_pair(socat_pair: tuple[Path, Path]) -> None:
