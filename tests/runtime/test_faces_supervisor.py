@@ -8,6 +8,7 @@ import os
 import signal
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,10 @@ def metrics_up(port: int) -> bool:
         return False
 
 
-async def wait_until(predicate: object, timeout_s: float) -> None:
+async def wait_until(predicate: Callable[[], bool], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if await asyncio.to_thread(predicate):  # type: ignore[arg-type]
+        if await asyncio.to_thread(predicate):
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"condition not met within {timeout_s} s")
