@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from appliance.northbound.face import FaceContext
 from appliance.points.model import Kind, Point
 from appliance.points.table import PointTable
 from appliance.store import Quality, Sample
@@ -77,17 +78,26 @@ class PointCollector(Collector):
 class MetricsFace:
     """The HTTP endpoint Prometheus scrapes; runs on its own thread inside the faces process."""
 
-    def __init__(self, table: PointTable, mirror: Mapping[str, Sample], site_id: str) -> None:
+    name = "metrics"
+
+    def __init__(self, context: FaceContext) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(PointCollector(table, mirror, site_id))
+        self.registry.register(
+            PointCollector(context.table, context.mirror, context.config.site.id)
+        )
+        self._settings = context.config.faces.metrics
         self._server: Any = None
         self._thread: Any = None
 
-    def start(self, bind: str, port: int) -> None:
+    async def start(self) -> None:
+        bind, port = self._settings.bind, self._settings.port
         self._server, self._thread = start_http_server(port, addr=bind, registry=self.registry)
         log.info("metrics: serving http://%s:%d/metrics", bind, port)
 
-    def stop(self) -> None:
+    def apply(self, changes: Mapping[str, Sample]) -> None:
+        """Nothing to do: metrics are produced from the mirror at scrape time."""
+
+    async def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -1,9 +1,10 @@
 """The faces process: keeps a mirror of the core's samples and serves it to the outside world.
 
-It receives the changed samples once per core cycle over the channel and applies them to its
-mirror; the faces (metrics today; OPC UA, Modbus slave and archive plug in here) read the
-mirror and send commands back through `FacesEnd`. Whatever load the clients put on this
-process, the core's loop does not share its CPU time slice or its event loop.
+It receives the changed samples once per core cycle over the channel, applies them to its
+mirror and hands them to each face (metrics today; OPC UA, Modbus slave and archive plug in
+here). Commands from the faces go to the core through `CommandPort` and come back Accepted
+or Rejected. Whatever load the clients put on this process, the core's loop shares neither
+its event loop nor its interpreter lock with it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,65 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import signal
 import threading
 
 from appliance.config.schema import SiteConfig
+from appliance.control.command_types import CommandRequest, CommandResult, RejectCode
+from appliance.northbound.face import Face, FaceContext
 from appliance.runtime.channel import FacesChannel, FacesEnd, WireSample, from_wire
 from appliance.runtime.site_table import site_point_table
-from appliance.store import Sample
+from appliance.store import Sample, Value
 
 log = logging.getLogger(__name__)
 
 BATCH_WAIT_S = 0.25
+COMMAND_TIMEOUT_S = 2.0  # four core cycles: a core that has not answered by then is in trouble
+
+
+class CommandPort:
+    """Sends commands to the core and matches the answers to the callers by request id."""
+
+    def __init__(self, end: FacesEnd, loop: asyncio.AbstractEventLoop) -> None:
+        self._end = end
+        self._loop = loop
+        self._waiting: dict[int, asyncio.Future[CommandResult]] = {}
+        self.timeouts = 0
+
+    async def __call__(
+        self,
+        source: str,
+        command: str,
+        point_id: str | None,
+        value: Value | None,
+        user: str | None = None,
+    ) -> CommandResult:
+        request: CommandRequest | None = None
+        try:
+            request = await asyncio.to_thread(
+                self._end.submit, source, command, point_id, value, user
+            )
+            future: asyncio.Future[CommandResult] = self._loop.create_future()
+            self._waiting[request.request_id] = future
+            async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                return await future
+        except (TimeoutError, queue.Full) as exc:
+            # No answer in time, or the command queue is full: the core is busy or gone.
+            self.timeouts += 1
+            log.warning("command %s from %s: no answer from the core (%r)", command, source, exc)
+            request_id = request.request_id if request is not None else 0
+            return CommandResult(
+                request_id, False, "the control core did not answer", RejectCode.UNAVAILABLE
+            )
+        finally:
+            if request is not None:
+                self._waiting.pop(request.request_id, None)
+
+    def resolve(self, result: CommandResult) -> None:
+        future = self._waiting.get(result.request_id)
+        if future is not None and not future.done():
+            future.set_result(result)
 
 
 class FacesHost:
@@ -30,15 +79,17 @@ class FacesHost:
         self.end = end
         self.table = site_point_table(config)
         self.mirror: dict[str, Sample] = {}
+        self.faces: list[Face] = []
         self.batches = 0
         self._stop = threading.Event()
         self._parent = os.getppid()
 
     def apply(self, batch: list[WireSample]) -> None:
-        for item in batch:
-            point_id, sample = from_wire(item)
-            self.mirror[point_id] = sample
+        changes = dict(from_wire(item) for item in batch)
+        self.mirror.update(changes)
         self.batches += 1
+        for face in self.faces:
+            face.apply(changes)
 
     def _receive(self, loop: asyncio.AbstractEventLoop, stopped: asyncio.Event) -> None:
         """Reader thread: blocking queue reads stay off the faces' event loop."""
@@ -51,27 +102,49 @@ class FacesHost:
                 loop.call_soon_threadsafe(stopped.set)
                 return
 
+    def _receive_results(self, loop: asyncio.AbstractEventLoop, port: CommandPort) -> None:
+        while not self._stop.is_set():
+            result = self.end.next_result(BATCH_WAIT_S)
+            if result is not None:
+                loop.call_soon_threadsafe(port.resolve, result)
+
+    def build_faces(self, context: FaceContext) -> list[Face]:
+        faces: list[Face] = []
+        if self.config.faces.metrics.enabled:
+            from appliance.northbound.metrics import MetricsFace  # noqa: PLC0415
+
+            faces.append(MetricsFace(context))
+        return faces
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stopped.set)
-        receiver = threading.Thread(
-            target=self._receive, args=(loop, stopped), name="faces-receiver", daemon=True
-        )
-        receiver.start()
-        metrics = None
-        if self.config.faces.metrics.enabled:
-            from appliance.northbound.metrics import MetricsFace  # noqa: PLC0415
-
-            metrics = MetricsFace(self.table, self.mirror, self.config.site.id)
-            metrics.start(self.config.faces.metrics.bind, self.config.faces.metrics.port)
+        port = CommandPort(self.end, loop)
+        context = FaceContext(self.config, self.table, self.mirror, port)
+        threads = [
+            threading.Thread(
+                target=self._receive, args=(loop, stopped), name="faces-updates", daemon=True
+            ),
+            threading.Thread(
+                target=self._receive_results, args=(loop, port), name="faces-results", daemon=True
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        started: list[Face] = []
         try:
+            for face in self.build_faces(context):
+                await face.start()
+                started.append(face)
+                self.faces.append(face)
             await stopped.wait()
         finally:
             self._stop.set()
-            if metrics is not None:
-                metrics.stop()
-            receiver.join(timeout=2 * BATCH_WAIT_S + 1)
+            for face in reversed(started):
+                await face.stop()
+            for thread in threads:
+                thread.join(timeout=2 * BATCH_WAIT_S + 1)
             log.info("faces: stopped")
 
 
