@@ -121,12 +121,36 @@ class SerialConnection:
 
 @dataclass(frozen=True, kw_only=True)
 class CanConnection:
-    """A CAN bus through python-can."""
+    """A CAN bus through python-can.
+
+    `socketcan` is the appliance's own CAN port; `socketcand` reaches a CAN bus through a
+    socketcand bridge over TCP (host, port), which is also how the simulated site serves its
+    BMS frames to the appliance from another process; `virtual` is in-process only (tests).
+    """
 
     type: Literal["can"] = "can"
-    interface: Literal["socketcan", "virtual", "udp_multicast"] = "socketcan"
+    interface: Literal["socketcan", "socketcand", "virtual", "udp_multicast"] = "socketcan"
     channel: str = field(metadata=rule(pattern=r"\S+", allowed="a channel name such as can0"))
     bitrate: int = field(default=500_000, metadata=rule(min=10_000, max=1_000_000))
+    host: str | None = field(
+        default=None, metadata=rule(check=_check_host, allowed="a host name or IP address")
+    )
+    port: int | None = field(default=None, metadata=rule(min=1, max=65535))
+
+    def cross_check(self) -> Iterator[tuple[FieldPath, str]]:
+        bridged = self.interface == "socketcand"
+        for name in ("host", "port"):
+            given = getattr(self, name) is not None
+            if bridged and not given:
+                yield (
+                    (name,),
+                    "is required with interface socketcand; allowed: the bridge's " + name,
+                )
+            elif given and not bridged:
+                yield (
+                    (name,),
+                    f"is only used with interface socketcand, not {self.interface}; allowed: remove it",
+                )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -659,3 +659,35 @@ def test_accepted_hash_is_usable_in_a_site_file() -> None:
     user = load(data).users[0]
     assert (user.name, user.role) == ("ops", "operator")
     assert verify_password("s3cret!", user.password_hash)
+
+
+def test_socketcand_bridge_needs_host_and_port() -> None:
+    bridged = {"type": "can", "interface": "socketcand", "channel": "sim-node1"}
+    problems = str(errors(put(minimal(), "devices.battery_nodes[0].bms.connection", bridged)))
+    assert (
+        "devices.battery_nodes[0].bms.connection.host: is required with interface socketcand"
+        in problems
+    )
+    assert (
+        "devices.battery_nodes[0].bms.connection.port: is required with interface socketcand"
+        in problems
+    )
+    ok = load(
+        put(
+            minimal(),
+            "devices.battery_nodes[0].bms.connection",
+            {**bridged, "host": "127.0.0.1", "port": 29536},
+        )
+    )
+    connection = ok.devices.battery_nodes[0].bms.connection
+    assert (connection.interface, connection.host, connection.port) == (
+        "socketcand",
+        "127.0.0.1",
+        29536,
+    )
+
+
+def test_host_on_a_local_can_port_is_refused() -> None:
+    local = {"type": "can", "interface": "socketcan", "channel": "can0", "host": "127.0.0.1"}
+    problems = str(errors(put(minimal(), "devices.battery_nodes[0].bms.connection", local)))
+    assert "bms.connection.host: is only used with interface socketcand, not socketcan" in problems
