@@ -175,6 +175,8 @@ ModbusConnection = TcpConnection | SerialConnection
 # --------------------------------------------------------------------------- devices
 
 MeterKind = Literal["sdm630", "pc321", "sml"]
+#: A PC321 reports every 12 to 20 s and refuses a shorter reporting configuration.
+PC321_MIN_STALE_S = 30.0
 #: Which connection types each meter kind can use.
 METER_CONNECTIONS: Mapping[str, tuple[str, ...]] = {
     "sdm630": ("tcp", "serial"),
@@ -190,7 +192,15 @@ class MeterConfig:
     kind: MeterKind
     connection: TcpConnection | SerialConnection | ZigbeeConnection
     poll_interval_s: float = field(default=0.5, metadata=rule(min=0.1, max=60))
-    stale_after_s: float = field(default=2.0, metadata=rule(min=0.2, max=600))
+    #: Age after which a reading is stale; default 2.0 s (the specification's limit), and
+    #: 30 s for a pc321, which reports only every 12 to 20 s.
+    stale_after_s: float | None = field(default=None, metadata=rule(min=0.2, max=600))
+
+    @property
+    def staleness_s(self) -> float:
+        if self.stale_after_s is not None:
+            return self.stale_after_s
+        return PC321_MIN_STALE_S if self.kind == "pc321" else 2.0
 
     def cross_check(self) -> Iterator[tuple[FieldPath, str]]:
         allowed = METER_CONNECTIONS[self.kind]
@@ -200,10 +210,16 @@ class MeterConfig:
                 f"{self.connection.type!r} is not allowed for a {self.kind} meter; "
                 f"allowed: {', '.join(allowed)}",
             )
-        if self.stale_after_s <= self.poll_interval_s:
+        if self.kind == "pc321" and self.staleness_s < PC321_MIN_STALE_S:
             yield (
                 ("stale_after_s",),
-                f"{fmt_number(self.stale_after_s)} is not above poll_interval_s "
+                f"{fmt_number(self.staleness_s)} is shorter than the clamp's report period; "
+                f"allowed {fmt_number(PC321_MIN_STALE_S)} .. 600 for a pc321 (it reports every 12 to 20 s)",
+            )
+        if self.staleness_s <= self.poll_interval_s:
+            yield (
+                ("stale_after_s",),
+                f"{fmt_number(self.staleness_s)} is not above poll_interval_s "
                 f"({fmt_number(self.poll_interval_s)}); allowed: a value above "
                 f"{fmt_number(self.poll_interval_s)}",
             )

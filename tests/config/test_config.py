@@ -186,7 +186,7 @@ def test_defaults_are_applied() -> None:
     assert cfg.site.timezone == "UTC"
     assert cfg.data_dir == Path("/var/lib/appliance")
     grid = cfg.devices.grid_meter
-    assert (grid.poll_interval_s, grid.stale_after_s) == (0.5, 2.0)
+    assert (grid.poll_interval_s, grid.stale_after_s, grid.staleness_s) == (0.5, None, 2.0)
     assert grid.connection == TcpConnection(host="192.168.1.10", port=502, unit_id=1, timeout_s=1.0)
     assert cfg.devices.pv_meter is None
     assert cfg.devices.surplus_loads == ()
@@ -691,3 +691,25 @@ def test_host_on_a_local_can_port_is_refused() -> None:
     local = {"type": "can", "interface": "socketcan", "channel": "can0", "host": "127.0.0.1"}
     problems = str(errors(put(minimal(), "devices.battery_nodes[0].bms.connection", local)))
     assert "bms.connection.host: is only used with interface socketcand, not socketcan" in problems
+
+
+def test_pc321_meter_staleness_defaults_to_its_report_period_and_refuses_less() -> None:
+    clamp = {
+        "kind": "pc321",
+        "connection": {
+            "type": "zigbee",
+            "radio": "znp",
+            "device": "/dev/ttyACM0",
+            "ieee": "a4:c1:38:00:12:34:56:78",
+        },
+    }
+    site = load(put(minimal(), "devices.consumption_clamp", clamp))
+    assert site.devices.consumption_clamp is not None
+    assert site.devices.consumption_clamp.staleness_s == 30.0
+    problems = str(
+        errors(put(minimal(), "devices.consumption_clamp", {**clamp, "stale_after_s": 2}))
+    )
+    assert (
+        "devices.consumption_clamp.stale_after_s: 2 is shorter than the clamp's report period"
+        in problems
+    )
