@@ -727,7 +727,7 @@ def _buses(cfg: SiteConfig) -> Iterator[tuple[FieldPath, str]]:
     tcp: dict[tuple[str, int, int], FieldPath] = {}
     serial: dict[str, tuple[FieldPath, SerialConnection]] = {}
     serial_units: dict[tuple[str, int], FieldPath] = {}
-    can: dict[tuple[str, str], FieldPath] = {}
+    can: dict[tuple[str, str, int, str], FieldPath] = {}
     sml_ports = {
         m.connection.port
         for m in cfg.devices.meters().values()
@@ -777,7 +777,8 @@ def _buses(cfg: SiteConfig) -> Iterator[tuple[FieldPath, str]]:
             serial.setdefault(conn.port, (path, conn))
             serial_units.setdefault((conn.port, conn.unit_id), path)
         elif isinstance(conn, CanConnection):
-            key2 = (conn.interface, conn.channel)
+            # Two socketcand bridges may each serve a channel named can0.
+            key2 = (conn.interface, conn.host or "", conn.port or 0, conn.channel)
             if key2 in can:
                 yield (
                     (*path, "channel"),
