@@ -7,12 +7,11 @@ which points a driver's reading fills.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
 from appliance.config.schema import MeterConfig, SerialConnection, SiteConfig, TcpConnection
 from appliance.drivers.base import MeterReading
 from appliance.drivers.sdm630 import Sdm630Meter
-from appliance.runtime.poller import Poller, ReadFn
+from appliance.runtime.poller import Measurement, Poller, ReadFn
 from appliance.store import DataStore, Value
 
 log = logging.getLogger(__name__)
@@ -92,8 +91,8 @@ def _meter_poller(
         return None
     convert = grid_meter_values if block == "grid" else pv_meter_values
 
-    async def read() -> Mapping[str, Value | None]:
-        return convert(await meter.read())
+    async def read() -> Measurement:
+        return Measurement(convert(await meter.read()))
 
     read_fn: ReadFn = read
     point_ids = [p.id for p in store.table.in_block(block) if p.id != f"{block}.comm_ok"]

@@ -11,13 +11,28 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from appliance.errors import DriverError, NotSupported
 from appliance.store import DataStore, Value
 
 log = logging.getLogger(__name__)
 
-ReadFn = Callable[[], Awaitable[Mapping[str, Value | None]]]
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """What one read gave: point values, and when the device measured them.
+
+    `measured_monotonic` is None for devices that answer a request (the poll time is the
+    measurement time) and the frame's arrival time for event-driven devices (CAN, SML,
+    ZigBee), whose latest frame can be older than the read.
+    """
+
+    values: Mapping[str, Value | None]
+    measured_monotonic: float | None = None
+
+
+ReadFn = Callable[[], Awaitable[Measurement]]
 
 
 class Poller:
@@ -53,18 +68,20 @@ class Poller:
     async def poll_once(self) -> bool:
         """One read; returns whether the device answered. Never raises a DriverError."""
         self.polls += 1
-        started = self._store.clock.time()
+        started = self._store.clock.monotonic()
         try:
-            values = await self._read()
+            measurement = await self._read()
         except NotSupported:
             raise
         except DriverError as exc:
             self._went_down(exc)
             return False
-        values = dict(values)
+        values = dict(measurement.values)
+        measured = measurement.measured_monotonic
         if self._comm_ok_point is not None:
-            values[self._comm_ok_point] = True
-        self._store.put_many(values, timestamp=started)
+            self._store.put(self._comm_ok_point, True)
+        # A polled device measured when it was asked, not when its answer came back.
+        self._store.put_many(values, measured_monotonic=started if measured is None else measured)
         if not self.up:
             if self.failures:
                 log.info("%s: answering again after %d failed poll(s)", self.name, self.failures)

@@ -55,14 +55,24 @@ class DataStore:
         """Record a fresh measurement (GOOD). `timestamp` is the UTC measurement time."""
         self.put_many({point_id: value}, timestamp)
 
-    def put_many(self, values: Mapping[str, Value | None], timestamp: float | None = None) -> None:
+    def put_many(
+        self,
+        values: Mapping[str, Value | None],
+        timestamp: float | None = None,
+        *,
+        measured_monotonic: float | None = None,
+    ) -> None:
         """Record several measurements taken at one instant, under one lock acquisition.
 
         A value of None means the device answered without this quantity: it is recorded
-        as BAD so that nobody acts on the previous value.
+        as BAD so that nobody acts on the previous value. `measured_monotonic` is when the
+        device produced the values (for event-driven devices whose latest frame may be older
+        than the read): staleness counts from then, and the UTC timestamp is derived from it
+        unless one is given.
         """
-        received = self.clock.monotonic()
-        stamp = self.clock.time() if timestamp is None else timestamp
+        now = self.clock.monotonic()
+        received = now if measured_monotonic is None else min(measured_monotonic, now)
+        stamp = timestamp if timestamp is not None else self.clock.time() - (now - received)
         with self._lock:
             for point_id, value in values.items():
                 entry = self._entry(point_id)

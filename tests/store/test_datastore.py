@@ -174,3 +174,16 @@ def test_concurrent_writers_lose_nothing(table: PointTable) -> None:
     assert len(store.history("house.active_power")) == 4 * writes_per_thread
     assert all(len(s) == len(point_ids) for s in snapshots)
     assert set(sub.collect()) == {*point_ids, "house.active_power"}
+
+
+def test_staleness_counts_from_when_the_device_measured(
+    store: DataStore, clock: ManualClock
+) -> None:
+    measured = clock.monotonic()
+    clock.advance(1.5)  # an event-driven reading that is already 1.5 s old when polled
+    store.put_many({"grid.active_power": 100.0}, measured_monotonic=measured)
+    sample = store.get("grid.active_power")
+    assert sample.quality is Quality.GOOD
+    assert sample.timestamp == pytest.approx(clock.time() - 1.5)
+    clock.advance(0.6)  # 2.1 s after the measurement, 0.6 s after the poll
+    assert store.get("grid.active_power").quality is Quality.STALE
