@@ -1,0 +1,93 @@
+"""The poll loop: stores readings, marks a silent device bad, logs once per transition, backs off."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+
+from appliance.clock import ManualClock
+from appliance.errors import DeviceTimeout
+from appliance.points.table import shipped_point_table
+from appliance.runtime.poller import Measurement, Poller
+from appliance.store import DataStore, Quality
+
+
+class Meter:
+    def __init__(self) -> None:
+        self.down = False
+        self.power_w = 500.0
+
+    async def read(self) -> Measurement:
+        if self.down:
+            raise DeviceTimeout("no answer")
+        return Measurement({"grid.active_power": self.power_w})
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(clock: ManualClock) -> DataStore:
+    return DataStore(shipped_point_table().for_site({"battery": 1}), clock=clock)
+
+
+async def test_down_and_back_marks_points_and_logs_once_each_way(
+    store: DataStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    meter = Meter()
+    poller = Poller(
+        "grid_meter",
+        meter.read,
+        store,
+        ["grid.active_power"],
+        interval_s=0.5,
+        comm_ok_point="grid.comm_ok",
+    )
+    assert await poller.poll_once()
+    assert store.read_fresh("grid.active_power") == (True, 500.0)
+    assert store.get("grid.comm_ok").value is True
+    meter.down = True
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        for _ in range(5):
+            assert not await poller.poll_once()
+    assert store.get("grid.active_power").quality is Quality.BAD
+    assert store.get("grid.active_power").value == 500.0  # kept for display
+    assert store.get("grid.comm_ok").value is False
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "grid_meter" in errors[0].getMessage()
+    meter.down, meter.power_w = False, 650.0
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert await poller.poll_once()
+    assert [r.getMessage() for r in caplog.records] == [
+        "grid_meter: answering again after 5 failed poll(s)"
+    ]
+    assert store.read_fresh("grid.active_power") == (True, 650.0)
+
+
+async def test_back_off_grows_with_jitter_and_is_capped(store: DataStore) -> None:
+    meter = Meter()
+    meter.down = True
+    poller = Poller(
+        "m",
+        meter.read,
+        store,
+        ["grid.active_power"],
+        interval_s=0.5,
+        max_backoff_s=4.0,
+        rng=random.Random(1),
+    )
+    delays = []
+    for _ in range(8):
+        await poller.poll_once()
+        delays.append(poller.next_delay_s())
+    assert delays[0] == 0.5  # the first failure retries at the normal period
+    assert 0.5 <= delays[1] <= 1.0  # 2 x 0.5 s with jitter in [0.5, 1.0]
+    assert all(d <= 4.0 for d in delays)
+    assert delays[-1] >= 2.0  # capped at 4 s, jitter keeps at least half
