@@ -108,10 +108,15 @@ async def _run(config: SiteConfig, simulate: bool) -> int:
         if simulate:
             simulation = await loop.run_in_executor(None, _start_simulated_site, config)
         core = Core(config)
+        await core.open_devices()
         faces = FacesSupervisor(core, config)
         faces.start()
         core.cycle_hooks.append(faces.on_cycle)
         tasks = [asyncio.create_task(p.run(), name=f"poll[{p.name}]") for p in core.pollers]
+        tasks += [
+            asyncio.create_task(w.run(), name=f"actuate[{w.name}]")
+            for w in core.devices.inverter_writers.values()
+        ]
         tasks.append(asyncio.create_task(core.run_cycles(), name="control.cycle"))
         print(endpoints_text(config, simulate), flush=True)
         stopping = asyncio.create_task(stop.wait(), name="appliance.stop")
@@ -129,9 +134,25 @@ async def _run(config: SiteConfig, simulate: bool) -> int:
         if faces is not None:
             await loop.run_in_executor(None, faces.stop)
         if core is not None:
+            await _write_safe_setpoints(core)
             await core.close()
         await loop.run_in_executor(None, _stop_process, simulation)
         log.info("appliance: stopped")
+
+
+async def _write_safe_setpoints(core: Core) -> None:
+    """0 W to every inverter before exit; their revert timeout covers a write that fails."""
+    writers = list(core.devices.inverter_writers.values())
+    if not writers:
+        return
+    results = await asyncio.gather(*(w.write_safe(0.0) for w in writers))
+    for writer, ok in zip(writers, results, strict=True):
+        if ok:
+            log.info("%s: 0 W written at shutdown", writer.name)
+        else:
+            log.warning(
+                "%s: 0 W not written at shutdown; its revert timeout will apply", writer.name
+            )
 
 
 def run_appliance(config: SiteConfig, *, simulate: bool) -> int:

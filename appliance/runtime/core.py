@@ -18,7 +18,7 @@ from appliance.clock import Clock, SystemClock
 from appliance.config.schema import SiteConfig
 from appliance.control.command_types import CommandRequest, CommandResult
 from appliance.control.commands import validate_command
-from appliance.runtime.devices import build_pollers
+from appliance.runtime.devices import Devices, build_devices
 from appliance.runtime.poller import Poller
 from appliance.runtime.site_table import site_point_table
 from appliance.store import DataStore, Quality
@@ -52,7 +52,7 @@ class Core:
         self.clock: Clock = clock or SystemClock()
         self.table = site_point_table(config)
         self.store = DataStore(self.table, clock=self.clock)
-        self.pollers: list[Poller] = build_pollers(config, self.store)
+        self.devices = Devices()
         self.period_s = config.control.loop_interval_s
         self.stats = CycleStats()
         self.started_at = self.clock.monotonic()
@@ -148,9 +148,16 @@ class Core:
         )
         return result
 
+    @property
+    def pollers(self) -> list[Poller]:
+        return self.devices.pollers
+
+    async def open_devices(self) -> None:
+        """Build the drivers; they connect on their first read, so this does not wait on devices."""
+        self.devices = await build_devices(self.config, self.store)
+
     async def close(self) -> None:
-        for poller in self.pollers:
-            await poller.close()
+        await self.devices.close()
 
     # -- the loop ----------------------------------------------------------------
 

@@ -1,44 +1,83 @@
-"""Wiring from the site configuration to device drivers and their pollers.
+"""Wiring from the site configuration to device drivers, their pollers and actuators.
 
-This is the one place that knows which driver serves which configured device kind, and
-which points a driver's reading fills.
+This is the one place that knows which driver serves which configured device kind and which
+points each driver's reading fills. Drivers stay ignorant of points and of the store.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from appliance.config.schema import MeterConfig, SerialConnection, SiteConfig, TcpConnection
+from appliance.config.loader import device_map_path
+from appliance.config.schema import (
+    BatteryNodeConfig,
+    MeterConfig,
+    SerialConnection,
+    SiteConfig,
+    TcpConnection,
+    ZigbeeConnection,
+)
 from appliance.drivers.base import MeterReading
+from appliance.drivers.generic_inverter import GenericInverter, parse_generic_inverter_map
+from appliance.drivers.inverter_types import InverterModbusLink, InverterReading
+from appliance.drivers.pc321_clamp import ClampReading, Pc321Clamp
+from appliance.drivers.pylontech_can import BmsReading, PylontechCanBms
 from appliance.drivers.sdm630 import Sdm630Meter
-from appliance.runtime.poller import Measurement, Poller, ReadFn
+from appliance.drivers.sml_meter import SmlMeter, SmlReading
+from appliance.drivers.sunspec_inverter import SunSpecInverter
+from appliance.drivers.zigbee_app import start_radio_application, stop_application
+from appliance.errors import ConfigError
+from appliance.runtime.actuators import LatestValueWriter
+from appliance.runtime.poller import Measurement, Poller
 from appliance.store import DataStore, Value
 
 log = logging.getLogger(__name__)
 
 _PHASES = ("l1", "l2", "l3")
+Closer = Callable[[], Awaitable[None]]
 
 
-def grid_meter_values(reading: MeterReading) -> dict[str, Value | None]:
-    """Point values of the grid meter block from one meter reading."""
+@dataclass
+class Devices:
+    """Everything the core talks to, built from the configuration."""
+
+    pollers: list[Poller] = field(default_factory=list)
+    inverter_writers: dict[int, LatestValueWriter] = field(default_factory=dict)
+    closers: list[Closer] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for poller in self.pollers:
+            await poller.close()
+        for closer in reversed(self.closers):
+            await closer()
+
+
+# -- readings to point values ---------------------------------------------------------
+
+
+def meter_values(block: str, reading: MeterReading) -> dict[str, Value | None]:
+    """Grid block values from a three-phase meter reading."""
     values: dict[str, Value | None] = {}
     for i, phase in enumerate(_PHASES):
-        values[f"grid.voltage_{phase}"] = reading.voltage_v[i]
-        values[f"grid.current_{phase}"] = reading.current_a[i]
-        values[f"grid.active_power_{phase}"] = reading.active_power_w[i]
-        values[f"grid.reactive_power_{phase}"] = reading.reactive_power_var[i]
-        values[f"grid.power_factor_{phase}"] = reading.power_factor[i]
-    values["grid.frequency"] = reading.frequency_hz
-    values["grid.active_power"] = reading.total_active_power_w
-    values["grid.reactive_power"] = reading.total_reactive_power_var
-    values["grid.power_factor"] = reading.total_power_factor
-    values["grid.import_energy"] = reading.import_kwh
-    values["grid.export_energy"] = reading.export_kwh
+        values[f"{block}.voltage_{phase}"] = reading.voltage_v[i]
+        values[f"{block}.current_{phase}"] = reading.current_a[i]
+        values[f"{block}.active_power_{phase}"] = reading.active_power_w[i]
+        values[f"{block}.reactive_power_{phase}"] = reading.reactive_power_var[i]
+        values[f"{block}.power_factor_{phase}"] = reading.power_factor[i]
+    values[f"{block}.frequency"] = reading.frequency_hz
+    values[f"{block}.active_power"] = reading.total_active_power_w
+    values[f"{block}.reactive_power"] = reading.total_reactive_power_var
+    values[f"{block}.power_factor"] = reading.total_power_factor
+    values[f"{block}.import_energy"] = reading.import_kwh
+    values[f"{block}.export_energy"] = reading.export_kwh
     return values
 
 
 def pv_meter_values(reading: MeterReading) -> dict[str, Value | None]:
-    """Point values of the PV block; a PV meter measures production as import."""
+    """PV block values; a PV meter measures production as import."""
     values: dict[str, Value | None] = {
         f"pv.active_power_{phase}": max(0.0, reading.active_power_w[i])
         for i, phase in enumerate(_PHASES)
@@ -48,10 +87,256 @@ def pv_meter_values(reading: MeterReading) -> dict[str, Value | None]:
     return values
 
 
-def _meter(name: str, meter: MeterConfig) -> Sdm630Meter | None:
-    connection = meter.connection
-    if meter.kind != "sdm630":
-        return None
+def sml_values(reading: SmlReading) -> dict[str, Value | None]:
+    """Grid block values from the smart meter: power and energy registers only."""
+    values: dict[str, Value | None] = {
+        "grid.active_power": reading.active_power_w,
+        "grid.import_energy": reading.import_kwh,
+        "grid.export_energy": reading.export_kwh,
+    }
+    per_phase = (reading.active_power_l1_w, reading.active_power_l2_w, reading.active_power_l3_w)
+    for phase, power in zip(_PHASES, per_phase, strict=True):
+        if power is not None:
+            values[f"grid.active_power_{phase}"] = power
+    return values
+
+
+def clamp_grid_values(reading: ClampReading) -> dict[str, Value | None]:
+    """Grid block values from a ZigBee clamp at the grid connection point."""
+    values: dict[str, Value | None] = {"grid.active_power": reading.active_power_w}
+    for phase in _PHASES:
+        values[f"grid.active_power_{phase}"] = getattr(reading, f"active_power_{phase}_w")
+        values[f"grid.voltage_{phase}"] = getattr(reading, f"voltage_{phase}_v")
+        values[f"grid.current_{phase}"] = getattr(reading, f"current_{phase}_a")
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def bms_values(node: int, reading: BmsReading) -> dict[str, Value | None]:
+    prefix = f"battery.{node}."
+    return {
+        prefix + "soc": reading.soc_pct,
+        prefix + "soh": reading.soh_pct,
+        prefix + "voltage": reading.voltage_v,
+        prefix + "current": reading.current_a,
+        prefix + "power": reading.power_w,
+        prefix + "cell_voltage_min": reading.cell_voltage_min_v,
+        prefix + "cell_voltage_max": reading.cell_voltage_max_v,
+        prefix + "temperature_min": reading.temperature_min_c
+        if reading.temperature_min_c is not None
+        else reading.temperature_c,
+        prefix + "temperature_max": reading.temperature_max_c
+        if reading.temperature_max_c is not None
+        else reading.temperature_c,
+        prefix + "charge_current_limit": reading.charge_current_limit_a,
+        prefix + "discharge_current_limit": reading.discharge_current_limit_a,
+        prefix + "charge_voltage_limit": reading.charge_voltage_limit_v,
+        prefix + "alarm_flags": reading.alarm_flags,
+        prefix + "warning_flags": reading.warning_flags,
+    }
+
+
+def inverter_values(node: int, reading: InverterReading) -> dict[str, Value | None]:
+    prefix = f"inverter.{node}."
+    return {
+        prefix + "active_power": reading.active_power_w,
+        prefix + "setpoint": reading.setpoint_w,
+        prefix + "state": int(reading.state),
+        prefix + "max_charge_power": reading.max_charge_power_w,
+        prefix + "max_discharge_power": reading.max_discharge_power_w,
+    }
+
+
+# -- builders -------------------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self, config: SiteConfig, store: DataStore) -> None:
+        self.config = config
+        self.store = store
+        self.devices = Devices()
+        self._zigbee_apps: dict[str, object] = {}
+
+    def poller(
+        self,
+        name: str,
+        read: Callable[[], Awaitable[Measurement]],
+        block_prefix: str,
+        *,
+        interval_s: float,
+        comm_ok: str | None,
+        close: Closer | None,
+        staleness_s: float | None = None,
+        event_driven: bool = False,
+    ) -> None:
+        point_ids = [
+            p.id for p in self.store.table if p.id.startswith(block_prefix) and p.id != comm_ok
+        ]
+        if staleness_s is not None:
+            # The configured device's own staleness replaces the table's default for its points.
+            self.store.set_staleness(point_ids, staleness_s)
+        self.devices.pollers.append(
+            Poller(
+                name,
+                read,
+                self.store,
+                point_ids,
+                interval_s=interval_s,
+                comm_ok_point=comm_ok,
+                close=close,
+                startup_grace_s=(staleness_s or 5.0) if event_driven else 0.0,
+            )
+        )
+
+    async def meter(self, name: str, meter: MeterConfig, block: str) -> None:
+        connection = meter.connection
+        if meter.kind == "sdm630" and isinstance(connection, TcpConnection | SerialConnection):
+            sdm = _sdm630(name, connection)
+            convert = pv_meter_values if block == "pv" else lambda r: meter_values(block, r)
+
+            async def read_sdm() -> Measurement:
+                return Measurement(convert(await sdm.read()))
+
+            self.poller(
+                name, read_sdm, f"{block}.", interval_s=meter.poll_interval_s,
+                comm_ok=f"{block}.comm_ok", close=sdm.close, staleness_s=meter.staleness_s,
+            )  # fmt: skip
+        elif (
+            meter.kind == "sml" and block == "grid" and not isinstance(connection, ZigbeeConnection)
+        ):
+            # An optical head on a serial-to-TCP converter is reached as a pyserial URL.
+            port = (
+                connection.port
+                if isinstance(connection, SerialConnection)
+                else f"socket://{connection.host}:{connection.port}"
+            )
+            sml = SmlMeter(port, name=name, stale_after_s=meter.staleness_s)
+
+            async def read_sml() -> Measurement:
+                reading = await sml.read()
+                return Measurement(sml_values(reading), reading.received_monotonic)
+
+            self.poller(
+                name, read_sml, "grid.", interval_s=meter.poll_interval_s,
+                comm_ok="grid.comm_ok", close=sml.close, staleness_s=meter.staleness_s,
+                event_driven=True,
+            )  # fmt: skip
+        elif meter.kind == "pc321" and isinstance(connection, ZigbeeConnection):
+            app = await self.zigbee_app(connection)
+            clamp = Pc321Clamp(app, connection.ieee, name=name, stale_after_s=meter.staleness_s)  # type: ignore[arg-type]
+            await clamp.connect()
+            target = "grid" if block == "grid" else "house"
+
+            async def read_clamp() -> Measurement:
+                reading = await clamp.read()
+                if target == "grid":
+                    values = clamp_grid_values(reading)
+                else:
+                    values = {"house.active_power": reading.active_power_w}
+                return Measurement(values, reading.received_monotonic)
+
+            self.poller(
+                name, read_clamp, f"{target}.", interval_s=meter.poll_interval_s,
+                comm_ok=f"{target}.comm_ok" if target == "grid" else None, close=clamp.close,
+                staleness_s=meter.staleness_s, event_driven=True,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "%s: no driver for kind '%s' over %s as %s meter; its points stay without data",
+                name, meter.kind, connection.type, block,
+            )  # fmt: skip
+
+    async def zigbee_app(self, connection: ZigbeeConnection) -> object:
+        key = connection.device
+        if key not in self._zigbee_apps:
+            app = await start_radio_application(
+                connection.radio,
+                connection.device,
+                baudrate=connection.baudrate,
+                database_path=Path(self.config.data_dir) / "zigbee.db",
+            )
+            self._zigbee_apps[key] = app
+
+            async def stop() -> None:
+                await stop_application(app)
+
+            self.devices.closers.append(stop)
+        return self._zigbee_apps[key]
+
+    def battery_node(self, index: int, node: BatteryNodeConfig) -> None:
+        bms_conn = node.bms.connection
+        bms = PylontechCanBms.from_connection(
+            bms_conn.interface,
+            bms_conn.channel,
+            host=bms_conn.host,
+            port=bms_conn.port,
+            bitrate=bms_conn.bitrate,
+            name=f"{node.name}.bms",
+            stale_after_s=node.bms.stale_after_s,
+        )
+
+        async def read_bms() -> Measurement:
+            reading = await bms.read()
+            return Measurement(bms_values(index, reading), reading.received_monotonic)
+
+        self.poller(
+            f"{node.name}.bms", read_bms, f"battery.{index}.", interval_s=0.5,
+            comm_ok=f"battery.{index}.comm_ok", close=bms.close, staleness_s=node.bms.stale_after_s,
+            event_driven=True,
+        )  # fmt: skip
+        inverter = _inverter(self.config, node)
+
+        async def read_inverter() -> Measurement:
+            return Measurement(inverter_values(index, await inverter.read()))
+
+        async def write_setpoint(watts: float) -> None:
+            await inverter.set_active_power_w(watts)
+
+        self.poller(
+            f"{node.name}.inverter", read_inverter, f"inverter.{index}.",
+            interval_s=node.inverter.poll_interval_s, comm_ok=f"inverter.{index}.comm_ok",
+            close=inverter.close,
+        )  # fmt: skip
+        self.devices.inverter_writers[index] = LatestValueWriter(
+            f"{node.name}.inverter", write_setpoint
+        )
+
+
+def _inverter_link(name: str, connection: TcpConnection | SerialConnection) -> InverterModbusLink:
+    if isinstance(connection, TcpConnection):
+        return InverterModbusLink.tcp(
+            connection.host, connection.port, name=name, timeout_s=connection.timeout_s
+        )
+    return InverterModbusLink.rtu(
+        connection.port,
+        name=name,
+        baudrate=connection.baudrate,
+        parity=connection.parity,
+        stopbits=connection.stopbits,
+        bytesize=connection.bytesize,
+        timeout_s=connection.timeout_s,
+    )
+
+
+def _inverter(config: SiteConfig, node: BatteryNodeConfig) -> SunSpecInverter | GenericInverter:
+    settings = node.inverter
+    name = f"{node.name}.inverter"
+    link = _inverter_link(name, settings.connection)
+    unit_id = settings.connection.unit_id
+    if settings.kind == "sunspec":
+        return SunSpecInverter(
+            link, unit_id=unit_id, name=name, revert_timeout_s=settings.revert_timeout_s
+        )
+    base_dir = Path(config.source).parent if config.source.startswith("/") else None
+    path = device_map_path(settings.map or "", base_dir)
+    if path is None:
+        raise ConfigError(f"{config.source}: {name}: register map {settings.map!r} not found")
+    register_map = parse_generic_inverter_map(path.read_text(encoding="utf-8"), str(path))
+    return GenericInverter(
+        link, register_map, unit_id=unit_id, name=name, revert_timeout_s=settings.revert_timeout_s
+    )
+
+
+def _sdm630(name: str, connection: TcpConnection | SerialConnection) -> Sdm630Meter:
     if isinstance(connection, TcpConnection):
         return Sdm630Meter.tcp(
             connection.host,
@@ -60,67 +345,29 @@ def _meter(name: str, meter: MeterConfig) -> Sdm630Meter | None:
             timeout_s=connection.timeout_s,
             name=name,
         )
-    if isinstance(connection, SerialConnection):
-        return Sdm630Meter.rtu(
-            connection.port,
-            baudrate=connection.baudrate,
-            parity=connection.parity,
-            stopbits=connection.stopbits,
-            bytesize=connection.bytesize,
-            unit_id=connection.unit_id,
-            timeout_s=connection.timeout_s,
-            name=name,
-        )
-    return None
-
-
-def _meter_poller(
-    name: str,
-    meter_config: MeterConfig,
-    store: DataStore,
-    block: str,
-) -> Poller | None:
-    meter = _meter(name, meter_config)
-    if meter is None:
-        log.warning(
-            "%s: no driver for kind '%s' over %s in this version; its points stay without data",
-            name,
-            meter_config.kind,
-            meter_config.connection.type,
-        )
-        return None
-    convert = grid_meter_values if block == "grid" else pv_meter_values
-
-    async def read() -> Measurement:
-        return Measurement(convert(await meter.read()))
-
-    read_fn: ReadFn = read
-    point_ids = [p.id for p in store.table.in_block(block) if p.id != f"{block}.comm_ok"]
-    return Poller(
-        name,
-        read_fn,
-        store,
-        point_ids,
-        interval_s=meter_config.poll_interval_s,
-        comm_ok_point=f"{block}.comm_ok",
-        close=meter.close,
+    return Sdm630Meter.rtu(
+        connection.port,
+        baudrate=connection.baudrate,
+        parity=connection.parity,
+        stopbits=connection.stopbits,
+        bytesize=connection.bytesize,
+        unit_id=connection.unit_id,
+        timeout_s=connection.timeout_s,
+        name=name,
     )
 
 
-def build_pollers(config: SiteConfig, store: DataStore) -> list[Poller]:
-    """One poller per polled device the configuration names and this version can drive."""
-    pollers: list[Poller] = []
+async def build_devices(config: SiteConfig, store: DataStore) -> Devices:
+    """Drivers, pollers and actuators for every device the configuration names."""
+    builder = _Builder(config, store)
     devices = config.devices
-    grid = _meter_poller("grid_meter", devices.grid_meter, store, "grid")
-    if grid is not None:
-        pollers.append(grid)
+    await builder.meter("grid_meter", devices.grid_meter, "grid")
     if devices.pv_meter is not None:
-        pv = _meter_poller("pv_meter", devices.pv_meter, store, "pv")
-        if pv is not None:
-            pollers.append(pv)
-    if devices.battery_nodes:
-        log.warning(
-            "battery nodes: BMS and inverter drivers are not part of this version; "
-            "their points stay without data and no setpoint is sent"
-        )
-    return pollers
+        await builder.meter("pv_meter", devices.pv_meter, "pv")
+    if devices.consumption_clamp is not None:
+        await builder.meter("consumption_clamp", devices.consumption_clamp, "house")
+    if devices.sml_meter is not None and devices.grid_meter.kind != "sml":
+        log.warning("sml_meter: only used as the grid meter in this version; not read")
+    for index, node in enumerate(devices.battery_nodes, start=1):
+        builder.battery_node(index, node)
+    return builder.devices

@@ -50,6 +50,7 @@ class Poller:
         max_backoff_s: float = 30.0,
         rng: random.Random | None = None,
         close: Callable[[], Awaitable[None]] | None = None,
+        startup_grace_s: float = 0.0,
     ) -> None:
         self.name = name
         self._read = read
@@ -59,8 +60,12 @@ class Poller:
         self._comm_ok_point = comm_ok_point
         self._max_backoff_s = max_backoff_s
         self._close = close
+        # Event-driven devices (CAN, SML, ZigBee) have nothing to give until their first frame
+        # arrives; within this time after start that is waiting, not a failure.
+        self._grace_until = store.clock.monotonic() + startup_grace_s
         self._rng = rng or random.Random()  # noqa: S311 - back-off jitter, not cryptography
         self.up = False
+        self._down_logged = False  # one ERROR per outage, one INFO when it ends
         self.failures = 0  # consecutive failed polls
         self.polls = 0
         self.errors = 0
@@ -82,20 +87,28 @@ class Poller:
             self._store.put(self._comm_ok_point, True)
         # A polled device measured when it was asked, not when its answer came back.
         self._store.put_many(values, measured_monotonic=started if measured is None else measured)
-        if not self.up:
-            if self.failures:
-                log.info("%s: answering again after %d failed poll(s)", self.name, self.failures)
-            else:
-                log.info("%s: first reading received", self.name)
+        if self._down_logged:
+            log.info("%s: answering again after %d failed poll(s)", self.name, self.failures)
+        elif not self.up:
+            log.info("%s: first reading received", self.name)
+        self._down_logged = False
         self.up = True
         self.failures = 0
         return True
 
     def _went_down(self, exc: DriverError) -> None:
-        self.errors += 1
         self.failures += 1
-        if self.up or self.failures == 1:
+        if (
+            not self.up
+            and not self._down_logged
+            and (self._store.clock.monotonic() < self._grace_until)
+        ):
+            log.debug("%s: waiting for the first reading (%s)", self.name, exc)
+            return
+        self.errors += 1
+        if not self._down_logged:
             log.error("%s: not answering (%s); its points are marked bad", self.name, exc)
+            self._down_logged = True
         else:
             log.debug("%s: still not answering (%s)", self.name, exc)
         self.up = False

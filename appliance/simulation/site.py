@@ -19,7 +19,18 @@ from multiprocessing.synchronize import Event as MpEvent
 from appliance.config.schema import MeterConfig, SiteConfig, TcpConnection
 from appliance.drivers.base import MeterReading
 from appliance.errors import ConfigError
+from appliance.simulation.devices.pylontech_sim import (
+    BmsValues,
+    PylontechSimulator,
+    bms_values_from_node,
+)
 from appliance.simulation.devices.sdm630_sim import Sdm630Simulator
+from appliance.simulation.devices.socketcand_server import SocketcandServer
+from appliance.simulation.devices.sunspec_inverter_sim import (
+    InverterValues,
+    SunSpecInverterSimulator,
+    inverter_values_from_node,
+)
 from appliance.simulation.plant import GridValues, Plant, PlantParams
 
 log = logging.getLogger(__name__)
@@ -47,17 +58,20 @@ def _loopback_tcp(name: str, meter: MeterConfig) -> TcpConnection | None:
     if not isinstance(connection, TcpConnection):
         log.warning("%s: the simulated site serves meters on Modbus TCP only; not simulated", name)
         return None
+    _loopback(f"{name}.connection.host", connection.host)
+    return connection
+
+
+def _loopback(name: str, host: str) -> None:
     try:
-        loopback = ipaddress.ip_address(connection.host).is_loopback
+        loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = connection.host == "localhost"
+        loopback = host == "localhost"
     if not loopback:
         # A simulator must never answer for a real device's address.
         raise ConfigError(
-            f"{name}.connection.host: {connection.host} is not a loopback address; "
-            "the simulated site serves on 127.0.0.0/8 only"
+            f"{name}: {host} is not a loopback address; the simulated site serves on 127.0.0.0/8 only"
         )
-    return connection
 
 
 def _reading(values: Callable[[], GridValues]) -> Callable[[], MeterReading]:
@@ -72,6 +86,9 @@ class SimulatedSite:
         self.config = config
         self.plant = Plant(plant_params(config))
         self.simulators: list[Sdm630Simulator] = []
+        self.bms_simulators: list[PylontechSimulator] = []
+        self.inverter_simulators: list[SunSpecInverterSimulator] = []
+        self.can_bridges: dict[tuple[str, int], SocketcandServer] = {}
         self.endpoints: list[str] = []
 
     async def start(self) -> None:
@@ -92,6 +109,70 @@ class SimulatedSite:
             port = await simulator.start_tcp(connection.host, connection.port)
             self.simulators.append(simulator)
             self.endpoints.append(f"{name} (SDM630, Modbus TCP) {connection.host}:{port}")
+        await self._start_bms()
+        await self._start_inverters()
+
+    async def _start_inverters(self) -> None:
+        params = self.plant.params
+        for index, node in enumerate(self.config.devices.battery_nodes):
+            connection = node.inverter.connection
+            if node.inverter.kind != "sunspec" or not isinstance(connection, TcpConnection):
+                log.warning(
+                    "%s.inverter: only SunSpec over TCP is simulated; not simulated", node.name
+                )
+                continue
+            _loopback(f"{node.name}.inverter.connection.host", connection.host)
+            simulator = SunSpecInverterSimulator(
+                _inverter_source(self.plant, index),
+                _setpoint_sink(self.plant, index + 1),
+                unit_id=connection.unit_id,
+                name=f"sim.{node.name}.inverter",
+                rated_charge_w=params.node_max_charge_w,
+                rated_discharge_w=params.node_max_discharge_w,
+                rated_power_w=max(params.node_max_charge_w, params.node_max_discharge_w),
+                capacity_wh=params.node_capacity_wh,
+            )
+            port = await simulator.start_tcp(connection.host, connection.port)
+            self.inverter_simulators.append(simulator)
+            self.endpoints.append(
+                f"{node.name}.inverter (SunSpec, Modbus TCP) {connection.host}:{port}"
+            )
+
+    async def _start_bms(self) -> None:
+        """One socketcand bridge per host:port, a channel per node, a Pylontech BMS on each."""
+        nodes = self.config.devices.battery_nodes
+        bridged = [
+            (index, node.name, node.bms.connection)
+            for index, node in enumerate(nodes)
+            if node.bms.connection.interface == "socketcand"
+        ]
+        channels: dict[tuple[str, int], list[str]] = {}
+        for _, name, conn in bridged:
+            if conn.host is None or conn.port is None:  # the config refuses this already
+                continue
+            _loopback(f"{name}.bms.connection.host", conn.host)
+            channels.setdefault((conn.host, conn.port), []).append(conn.channel)
+        for (host, port), names in channels.items():
+            server = SocketcandServer(tuple(names), name=f"sim.socketcand:{port}")
+            await server.start(host, port)
+            self.can_bridges[(host, port)] = server
+            self.endpoints.append(
+                f"BMS CAN bridge (socketcand) {host}:{port} channels {', '.join(names)}"
+            )
+        for index, name, conn in bridged:
+            server = self.can_bridges[(conn.host or "", conn.port or 0)]
+            simulator = PylontechSimulator(
+                _bms_source(self.plant, index), server.bus(conn.channel), name=f"sim.{name}.bms",
+                extension_frames=True,
+            )  # fmt: skip
+            await simulator.start()
+            self.bms_simulators.append(simulator)
+        for _, name, conn in [(i, n.name, n.bms.connection) for i, n in enumerate(nodes)]:
+            if conn.interface != "socketcand":
+                log.warning(
+                    "%s.bms: interface %s cannot reach another process; use socketcand to simulate it",
+                    name, conn.interface,
+                )  # fmt: skip
 
     async def run(self) -> None:
         """Step the plant in real time; a late step integrates the real elapsed time."""
@@ -104,9 +185,39 @@ class SimulatedSite:
             last = now
 
     async def stop(self) -> None:
+        for inverter in self.inverter_simulators:
+            await inverter.stop()
+        self.inverter_simulators.clear()
+        for bms in self.bms_simulators:
+            await bms.stop()
+        for bridge in self.can_bridges.values():
+            await bridge.stop()
         for simulator in self.simulators:
             await simulator.stop()
         self.simulators.clear()
+        self.bms_simulators.clear()
+        self.can_bridges.clear()
+
+
+def _inverter_source(plant: Plant, index: int) -> Callable[[], InverterValues]:
+    def source() -> InverterValues:
+        return inverter_values_from_node(plant.state.nodes[index])
+
+    return source
+
+
+def _setpoint_sink(plant: Plant, node: int) -> Callable[[float], None]:
+    def sink(watts: float) -> None:
+        plant.set_inverter_setpoint(node, watts)
+
+    return sink
+
+
+def _bms_source(plant: Plant, index: int) -> Callable[[], BmsValues]:
+    def source() -> BmsValues:
+        return bms_values_from_node(plant.state.nodes[index])
+
+    return source
 
 
 async def _serve(config: SiteConfig, ready: MpEvent | None) -> None:

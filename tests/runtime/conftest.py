@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SIMULATED_PORTS = (15020, 15021, 15031, 15032, 15040, 4840, 5020, 9464)
+SIMULATED_PORTS = (15020, 15021, 15031, 15032, 15040, 15050, 4840, 5020, 9464)
 
 
 def free_ports(count: int) -> list[int]:

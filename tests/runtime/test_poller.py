@@ -91,3 +91,24 @@ async def test_back_off_grows_with_jitter_and_is_capped(store: DataStore) -> Non
     assert 0.5 <= delays[1] <= 1.0  # 2 x 0.5 s with jitter in [0.5, 1.0]
     assert all(d <= 4.0 for d in delays)
     assert delays[-1] >= 2.0  # capped at 4 s, jitter keeps at least half
+
+
+async def test_event_driven_device_waits_quietly_for_its_first_frame(
+    store: DataStore, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    meter = Meter()
+    meter.down = True
+    poller = Poller(
+        "bms", meter.read, store, ["grid.active_power"], interval_s=0.5, startup_grace_s=5.0
+    )
+    with caplog.at_level(logging.INFO):
+        assert not await poller.poll_once()
+        clock.advance(4.0)
+        assert not await poller.poll_once()
+    assert store.get("grid.active_power").quality is Quality.WAITING  # not yet a failure
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    clock.advance(1.5)  # the grace is over: now it is a device that does not answer
+    with caplog.at_level(logging.INFO):
+        assert not await poller.poll_once()
+    assert store.get("grid.active_power").quality is Quality.BAD
+    assert [r.levelno for r in caplog.records].count(logging.ERROR) == 1
