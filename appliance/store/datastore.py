@@ -49,6 +49,12 @@ class DataStore:
         }
         self._subscriptions: list[Subscription] = []
 
+    def set_staleness(self, point_ids: Iterable[str], stale_after_s: float | None) -> None:
+        """Override the table's staleness limit for points a configured device fills."""
+        with self._lock:
+            for point_id in point_ids:
+                self._entry(point_id).stale_after_s = stale_after_s
+
     # -- writing -----------------------------------------------------------------
 
     def put(self, point_id: str, value: Value | None, timestamp: float | None = None) -> None:
