@@ -44,6 +44,7 @@ pytest: $(TEST_STAMP)
 docs: $(RUN_STAMP)
 	$(BIN)/appliance points --format markdown > docs/points.md
 	$(BIN)/appliance points --format csv > docs/points.csv
+	$(BIN)/python -m appliance.northbound.opcua generate
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

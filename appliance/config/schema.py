@@ -442,9 +442,13 @@ class OpcUaFace:
         default="urn:appliance:site",
         metadata=rule(pattern=r"\S+", allowed="a URI without spaces"),
     )
-    #: Server certificate and key (PEM/DER); None: a self-signed pair under data_dir/pki.
+    #: Server certificate and key (PEM/DER); None: a self-signed pair made on first start under data_dir/opcua/own (trusted/, rejected/ beside it).
     certificate_file: Path | None = None
     private_key_file: Path | None = None
+    #: Concurrent client sessions; one more is refused (BadTooManySessions).
+    max_sessions: int = field(default=16, metadata=rule(min=1, max=256))
+    #: Subscriptions over all sessions.
+    max_subscriptions: int = field(default=64, metadata=rule(min=1, max=4096))
 
     def cross_check(self) -> Iterator[tuple[FieldPath, str]]:
         if (self.certificate_file is None) != (self.private_key_file is None):

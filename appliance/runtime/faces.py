@@ -110,6 +110,10 @@ class FacesHost:
 
     def build_faces(self, context: FaceContext) -> list[Face]:
         faces: list[Face] = []
+        if self.config.faces.opcua.enabled:
+            from appliance.northbound.opcua import OpcUaFace  # noqa: PLC0415
+
+            faces.append(OpcUaFace(context))
         if self.config.faces.metrics.enabled:
             from appliance.northbound.metrics import MetricsFace  # noqa: PLC0415
 

@@ -38,7 +38,7 @@ from appliance.control.command_types import CommandRequest, CommandResult, Rejec
 from appliance.control.commands import validate_command
 from appliance.northbound.face import FaceContext
 from appliance.northbound.opcua import OpcUaFace
-from appliance.northbound.opcua.face import MAX_SESSIONS, MAX_SUBSCRIPTIONS, SERVER_PROFILES
+from appliance.northbound.opcua.face import SERVER_PROFILES
 from appliance.northbound.opcua.model import variable_kind
 from appliance.northbound.opcua.uatypes import AttributeIds, ObjectIds, StatusCodes, node_id, status
 from appliance.northbound.opcua.units import unit_for
@@ -418,9 +418,9 @@ async def test_server_describes_itself_truthfully(site: Site) -> None:
         profiles = client.get_node(node_id(ObjectIds.Server_ServerCapabilities_ServerProfileArray))
         assert await profiles.read_value() == list(SERVER_PROFILES)
         max_sessions = node_id(ObjectIds.Server_ServerCapabilities_MaxSessions)
-        assert await client.get_node(max_sessions).read_value() == MAX_SESSIONS
+        assert await client.get_node(max_sessions).read_value() == 16  # the config default
     assert site.face.server is not None
-    assert site.face.server.iserver.max_subscriptions == MAX_SUBSCRIPTIONS
+    assert site.face.server.iserver.max_subscriptions == 64  # the config default
 
 
 async def test_publishing_interval_has_a_floor(site: Site) -> None:

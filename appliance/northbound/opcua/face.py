@@ -66,8 +66,6 @@ SERVER_PROFILES = (
 
 # Limits. There are no configuration keys for them (yet); the values suit a handful of
 # SCADA / HMI clients, the load the faces process is sized for.
-MAX_SESSIONS = 16
-MAX_SUBSCRIPTIONS = 64  # over all sessions
 MAX_CONNECTIONS = 32  # TCP connections, including those not yet activated
 MIN_PUBLISHING_INTERVAL_MS = 100.0  # asyncua accepts any interval, even 0
 MAX_SESSION_TIMEOUT_MS = 300_000.0  # an abandoned session (and its subscriptions) lives this long
@@ -186,13 +184,13 @@ class OpcUaFace:
         self.trust_list = TrustList(self.pki)
         server.set_certificate_validator(self.trust_list)
         iserver = server.iserver
-        iserver.max_subscriptions = MAX_SUBSCRIPTIONS
+        iserver.max_subscriptions = settings.max_subscriptions
         iserver.max_connections = MAX_CONNECTIONS
         iserver.max_session_timeout_ms = MAX_SESSION_TIMEOUT_MS
         iserver.max_monitored_item_queue_size = MAX_MONITORED_ITEM_QUEUE
         # A class attribute in asyncua: it limits every server of the process, and the
         # faces process runs exactly one.
-        InternalSession.max_connections = MAX_SESSIONS
+        InternalSession.max_connections = settings.max_sessions
         _clamp_publishing_interval(iserver.subscription_service)
         if "NoSecurity" in settings.security_policies:
             log.warning(
@@ -248,10 +246,10 @@ class OpcUaFace:
                 list(SERVER_PROFILES), ua.VariantType.String
             ),
             ObjectIds.Server_ServerCapabilities_MaxSessions: ua.Variant(
-                MAX_SESSIONS, ua.VariantType.UInt32
+                self._settings.max_sessions, ua.VariantType.UInt32
             ),
             ObjectIds.Server_ServerCapabilities_MaxSubscriptions: ua.Variant(
-                MAX_SUBSCRIPTIONS, ua.VariantType.UInt32
+                self._settings.max_subscriptions, ua.VariantType.UInt32
             ),
         }
         for identifier, variant in capabilities.items():
