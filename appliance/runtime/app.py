@@ -66,10 +66,7 @@ def endpoints_text(config: SiteConfig, simulate: bool) -> str:
     if faces.metrics.enabled:
         lines.append(f"    metrics   http://{faces.metrics.bind}:{faces.metrics.port}/metrics")
     if faces.opcua.enabled:
-        lines.append(
-            f"    OPC UA    opc.tcp://{faces.opcua.bind}:{faces.opcua.port} "
-            "(configured; not served by this version yet)"
-        )
+        lines.append(f"    OPC UA    opc.tcp://{faces.opcua.bind}:{faces.opcua.port}")
     if faces.modbus.enabled:
         lines.append(
             f"    Modbus    {faces.modbus.bind}:{faces.modbus.port} unit {faces.modbus.unit_id} "

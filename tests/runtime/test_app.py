@@ -6,6 +6,7 @@ Modbus TCP, the core polls them, the faces process serves Prometheus metrics.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -104,3 +105,39 @@ def test_run_without_config_explains_what_to_do(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "missing.yaml" in result.stderr
+
+
+async def test_opcua_commands_cross_the_process_boundary_with_per_item_codes(
+    sim_config_file: Path, sim_ports: dict[int, int], tmp_path: Path
+) -> None:
+    """OPC UA write in the faces process -> the core validates and applies -> answer per item."""
+    from asyncua import Client, ua  # noqa: PLC0415 - only this test needs the client
+
+    process = start(sim_config_file, tmp_path)
+    try:
+        await asyncio.to_thread(
+            wait_for_metric,
+            sim_ports[9464],
+            'appliance_grid_active_power_watts{site="simulated"}',
+            30,
+        )
+        client = Client(f"opc.tcp://127.0.0.1:{sim_ports[4840]}/")
+        client.set_user("operator")
+        client.set_password("operator-demo")
+        async with client:
+            ns = await client.get_namespace_index("urn:appliance:simulated")
+            target = client.get_node(f"ns={ns};s=Site.Controller.GridTargetPower")
+            await target.write_value(ua.DataValue(ua.Variant(-300.0, ua.VariantType.Double)))
+            with pytest.raises(ua.UaStatusCodeError) as refused:
+                await target.write_value(ua.DataValue(ua.Variant(5e6, ua.VariantType.Double)))
+            assert refused.value.code == ua.StatusCodes.BadOutOfRange
+            # The accepted value comes back from the core through the faces' feed.
+            for _ in range(40):
+                if await target.read_value() == -300.0:
+                    break
+                await asyncio.sleep(0.1)
+            assert await target.read_value() == -300.0
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = await asyncio.to_thread(process.communicate, timeout=30)
+    assert process.returncode == 0, err
