@@ -58,7 +58,11 @@ async def test_down_and_back_marks_points_and_logs_once_each_way(
     assert store.get("grid.active_power").quality is Quality.BAD
     assert store.get("grid.active_power").value == 500.0  # kept for display
     assert store.get("grid.comm_ok").value is False
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    errors = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR and r.name == "appliance.runtime.poller"
+    ]
     assert len(errors) == 1
     assert "grid_meter" in errors[0].getMessage()
     meter.down, meter.power_w = False, 650.0
