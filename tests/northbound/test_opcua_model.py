@@ -115,6 +115,7 @@ def test_mandatory_properties_are_present_with_the_table_values(table: PointTabl
         (1, "activate"),
         (2, "maxself"),
         (3, "chargeonly"),
+        (4, "setpoint"),
     ]
     assert "Site.Controller.Mode.ValueAsText" in nodes
     assert nodes["Site.GridMeter.CommunicationOk.TrueState"].value.Text == "True"
@@ -159,6 +160,7 @@ def test_methods_cover_the_commands_of_the_table(table: PointTable) -> None:
         "Heartbeat",
         "ResetAlarms",
         "SetSurplusLoad",
+        "SetActivePower",
     }
     assert [a.name for a in methods["SetMode"].inputs] == ["Mode"]
     assert methods["SetMode"].inputs[0].data_type == ObjectIds.UInt32
