@@ -15,18 +15,22 @@ import struct
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Unpack
 
 import yaml
 
 from appliance.drivers.inverter_types import (
-    InverterModbusLink,
     InverterReading,
     InverterState,
     clamp_setpoint_w,
     state_from_power,
 )
-from appliance.drivers.modbus_link import ModbusExceptionResponse
+from appliance.drivers.modbus_link import (
+    ModbusExceptionResponse,
+    ModbusLink,
+    RtuSettings,
+    check_unit_id,
+)
 from appliance.errors import ConfigError, DeviceProtocolError
 
 _LOG = logging.getLogger(__name__)
@@ -359,15 +363,14 @@ class GenericInverter:
 
     def __init__(
         self,
-        link: InverterModbusLink,
+        link: ModbusLink,
         register_map: GenericInverterMap,
         *,
         unit_id: int = 1,
         name: str = "inverter",
         revert_timeout_s: float = 10.0,
     ) -> None:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit_id must be 1..247, got {unit_id!r}")
+        check_unit_id(unit_id)
         revert = register_map.revert_timeout
         if revert is not None and revert.valid_range is not None:
             low, high = revert.valid_range
@@ -398,7 +401,7 @@ class GenericInverter:
         revert_timeout_s: float = 10.0,
     ) -> GenericInverter:
         """Inverter on Modbus TCP."""
-        link = InverterModbusLink.tcp(host, port, name=name, timeout_s=timeout_s)
+        link = ModbusLink.tcp(host, port, name=name, timeout_s=timeout_s)
         return cls(
             link, register_map, unit_id=unit_id, name=name, revert_timeout_s=revert_timeout_s
         )
@@ -409,25 +412,13 @@ class GenericInverter:
         serial_port: str,
         *,
         register_map: GenericInverterMap,
-        baudrate: int = 9600,
-        parity: Literal["N", "E", "O"] = "N",
-        stopbits: int = 1,
-        bytesize: int = 8,
         unit_id: int = 1,
-        timeout_s: float = 1.0,
         name: str = "inverter",
         revert_timeout_s: float = 10.0,
+        **line: Unpack[RtuSettings],
     ) -> GenericInverter:
-        """Inverter on an RS485 line."""
-        link = InverterModbusLink.rtu(
-            serial_port,
-            name=name,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            timeout_s=timeout_s,
-        )
+        """Inverter on an RS485 line; ``line``: `RtuSettings` (the serial settings, ``timeout_s``)."""
+        link = ModbusLink.rtu(serial_port, name=name, **line)
         return cls(
             link, register_map, unit_id=unit_id, name=name, revert_timeout_s=revert_timeout_s
         )

@@ -4,30 +4,20 @@
 * `Inverter` (read) and `PowerControl` (set / release the active power setpoint): the two
   capabilities, checked once at wiring time.
 * `clamp_setpoint_w`: the one rule both drivers apply before they write a setpoint.
-* `InverterModbusLink`: `ModbusLink` plus FC 16 (write multiple registers), which the
-  read-only meter link does not have.
+
+Both Modbus inverter drivers talk through `appliance.drivers.modbus_link.ModbusLink`, whose
+FC 16 writes map to the same typed errors as its reads.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
-
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.pdu import ModbusPDU
-
-from appliance.drivers.modbus_link import ModbusExceptionResponse, ModbusLink
-from appliance.errors import DeviceProtocolError, DeviceUnavailable
+from typing import Protocol, runtime_checkable
 
 #: Below this magnitude of measured AC power a running inverter counts as standing by.
 IDLE_BAND_W = 10.0
-
-#: FC 16 carries at most this many registers (Modbus PDU limit).
-MAX_WRITE_REGISTERS = 123
 
 
 class InverterState(enum.IntEnum):
@@ -104,84 +94,3 @@ def state_from_power(power_w: float, idle_band_w: float = IDLE_BAND_W) -> Invert
     if power_w < -idle_band_w:
         return InverterState.CHARGING
     return InverterState.STANDBY
-
-
-class InverterModbusLink(ModbusLink):
-    """`ModbusLink` with FC 16 writes, mapped to the same typed errors as its reads.
-
-    A write that got no answer may or may not have been applied; the caller repeats it.
-    """
-
-    @classmethod
-    def tcp(
-        cls, host: str, port: int = 502, *, name: str, timeout_s: float = 1.0
-    ) -> InverterModbusLink:
-        return _narrow(super().tcp(host, port, name=name, timeout_s=timeout_s))
-
-    @classmethod
-    def rtu(
-        cls,
-        serial_port: str,
-        *,
-        name: str,
-        baudrate: int = 9600,
-        parity: Literal["N", "E", "O"] = "N",
-        stopbits: int = 1,
-        bytesize: int = 8,
-        timeout_s: float = 1.0,
-    ) -> InverterModbusLink:
-        link = super().rtu(
-            serial_port,
-            name=name,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            timeout_s=timeout_s,
-        )
-        return _narrow(link)
-
-    async def write_registers(self, address: int, values: Sequence[int], *, unit_id: int) -> None:
-        """FC 16; checks that the answer echoes the address and the count."""
-        if not 1 <= len(values) <= MAX_WRITE_REGISTERS:
-            raise ValueError(f"FC 16 writes 1..{MAX_WRITE_REGISTERS} registers, got {len(values)}")
-        await self.ensure_connected()
-        what = f"FC16 0x{address:04X}+{len(values)} unit {unit_id}"
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                response: ModbusPDU = await self._client.write_registers(
-                    address, [int(v) for v in values], device_id=unit_id
-                )
-        except TimeoutError as exc:
-            raise await self._no_answer(what) from exc
-        except ConnectionException as exc:
-            await self.close()
-            raise DeviceUnavailable(f"{self._name}: {what}: {self.endpoint}: {exc}") from exc
-        except ModbusIOException as exc:
-            if "No response" in str(exc):
-                raise await self._no_answer(what) from exc
-            raise DeviceProtocolError(f"{self._name}: {what}: {exc}") from exc
-        except ModbusException as exc:
-            raise DeviceProtocolError(f"{self._name}: {what}: {exc}") from exc
-        except OSError as exc:
-            await self.close()
-            raise DeviceUnavailable(f"{self._name}: {what}: {self.endpoint}: {exc}") from exc
-        if response.isError():
-            code = int(response.exception_code)
-            raise ModbusExceptionResponse(
-                f"{self._name}: {what}: Modbus exception 0x{code:02X}",
-                function_code=int(response.function_code),
-                exception_code=code,
-            )
-        if int(response.address) != address or int(response.count) != len(values):
-            raise DeviceProtocolError(
-                f"{self._name}: {what}: answer echoes 0x{int(response.address):04X}"
-                f"+{int(response.count)}"
-            )
-
-
-def _narrow(link: ModbusLink) -> InverterModbusLink:
-    # ModbusLink's constructors build ``cls(...)``; only their annotation says ModbusLink.
-    if not isinstance(link, InverterModbusLink):
-        raise TypeError(f"expected an InverterModbusLink, got {type(link).__name__}")
-    return link

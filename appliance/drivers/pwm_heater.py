@@ -24,10 +24,15 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, Unpack, runtime_checkable
 
-from appliance.drivers.modbus_link import ModbusExceptionResponse
-from appliance.drivers.relay_module import ModbusIoLink, RelaySwitch, relay_coil
+from appliance.drivers.modbus_link import (
+    ModbusExceptionResponse,
+    ModbusLink,
+    RtuSettings,
+    check_unit_id,
+)
+from appliance.drivers.relay_module import RelaySwitch, relay_coil
 from appliance.errors import DeviceProtocolError
 
 _LOG = logging.getLogger(__name__)
@@ -85,14 +90,13 @@ class ModbusPwmController:
 
     def __init__(
         self,
-        link: ModbusIoLink,
+        link: ModbusLink,
         *,
         unit_id: int = 1,
         register: PwmRegister | None = None,
         name: str = "pwm-heater",
     ) -> None:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit_id must be 1..247, got {unit_id!r}")
+        check_unit_id(unit_id)
         self._link = link
         self._unit_id = unit_id
         self._register = register or PwmRegister()
@@ -112,7 +116,7 @@ class ModbusPwmController:
         timeout_s: float = 1.0,
         name: str = "pwm-heater",
     ) -> ModbusPwmController:
-        link = ModbusIoLink.tcp(host, port, name=name, timeout_s=timeout_s)
+        link = ModbusLink.tcp(host, port, name=name, timeout_s=timeout_s)
         return cls(link, unit_id=unit_id, register=register, name=name)
 
     @classmethod
@@ -120,24 +124,12 @@ class ModbusPwmController:
         cls,
         serial_port: str,
         *,
-        baudrate: int = 9600,
-        parity: Literal["N", "E", "O"] = "N",
-        stopbits: int = 1,
-        bytesize: int = 8,
         unit_id: int = 1,
         register: PwmRegister | None = None,
-        timeout_s: float = 1.0,
         name: str = "pwm-heater",
+        **line: Unpack[RtuSettings],
     ) -> ModbusPwmController:
-        link = ModbusIoLink.rtu(
-            serial_port,
-            name=name,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            timeout_s=timeout_s,
-        )
+        link = ModbusLink.rtu(serial_port, name=name, **line)
         return cls(link, unit_id=unit_id, register=register, name=name)
 
     @property

@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, Unpack, runtime_checkable
 
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.pdu import ModbusPDU
-
-from appliance.drivers.modbus_link import ModbusExceptionResponse, ModbusLink
-from appliance.errors import DeviceProtocolError, DeviceUnavailable
+from appliance.drivers.modbus_link import (
+    ModbusExceptionResponse,
+    ModbusLink,
+    RtuSettings,
+    check_unit_id,
+)
+from appliance.errors import DeviceProtocolError
 
 _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -100,148 +102,6 @@ class RelayReader(Protocol):
         ...
 
 
-# --------------------------------------------------------------------------- link
-
-
-class ModbusIoLink(ModbusLink):
-    """`ModbusLink` plus bit reads (FC 01/02) and writes (FC 05/15/06), same error mapping.
-
-    Lives here because ``modbus_link.py`` has no coil or write calls yet and has another owner;
-    it belongs there. Answers that do not fit their request (too few bits, a write echo with
-    another address or value) raise DeviceProtocolError, like a short register answer does in
-    the base class; Modbus exception responses raise `ModbusExceptionResponse`.
-    """
-
-    @classmethod
-    def tcp(cls, host: str, port: int = 502, *, name: str, timeout_s: float = 1.0) -> ModbusIoLink:
-        return _narrow(super().tcp(host, port, name=name, timeout_s=timeout_s))
-
-    @classmethod
-    def rtu(
-        cls,
-        serial_port: str,
-        *,
-        name: str,
-        baudrate: int = 9600,
-        parity: Literal["N", "E", "O"] = "N",
-        stopbits: int = 1,
-        bytesize: int = 8,
-        timeout_s: float = 1.0,
-    ) -> ModbusIoLink:
-        link = super().rtu(
-            serial_port,
-            name=name,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            timeout_s=timeout_s,
-        )
-        return _narrow(link)
-
-    async def read_coils(self, address: int, count: int, *, unit_id: int) -> list[bool]:
-        """FC 01; returns exactly ``count`` bits."""
-        what = f"FC01 0x{address:04X}+{count} unit {unit_id}"
-        response = await self._request(
-            what, lambda: self._client.read_coils(address, count=count, device_id=unit_id)
-        )
-        return self._bits(response, what, count)
-
-    async def read_discrete_inputs(self, address: int, count: int, *, unit_id: int) -> list[bool]:
-        """FC 02; returns exactly ``count`` bits."""
-        what = f"FC02 0x{address:04X}+{count} unit {unit_id}"
-        response = await self._request(
-            what,
-            lambda: self._client.read_discrete_inputs(address, count=count, device_id=unit_id),
-        )
-        return self._bits(response, what, count)
-
-    async def write_coil(self, address: int, on: bool, *, unit_id: int) -> None:
-        """FC 05 (0xFF00 = on, 0x0000 = off); checks the echo."""
-        what = f"FC05 0x{address:04X}={'on' if on else 'off'} unit {unit_id}"
-        response = await self._request(
-            what, lambda: self._client.write_coil(address, on, device_id=unit_id)
-        )
-        echo_bits = list(response.bits)
-        if response.address != address or echo_bits[:1] != [on]:
-            raise DeviceProtocolError(
-                f"{self._name}: {what}: echo 0x{response.address:04X}={echo_bits[:1]} "
-                "does not match the request"
-            )
-
-    async def write_coils(self, address: int, values: Sequence[bool], *, unit_id: int) -> None:
-        """FC 15; checks that the answer names the same start and count."""
-        bits = [bool(v) for v in values]
-        what = f"FC15 0x{address:04X}+{len(bits)} unit {unit_id}"
-        response = await self._request(
-            what, lambda: self._client.write_coils(address, bits, device_id=unit_id)
-        )
-        if response.address != address or response.count != len(bits):
-            raise DeviceProtocolError(
-                f"{self._name}: {what}: answer 0x{response.address:04X}+{response.count} "
-                "does not match the request"
-            )
-
-    async def write_register(self, address: int, value: int, *, unit_id: int) -> None:
-        """FC 06; checks the echo."""
-        if not 0 <= value <= 0xFFFF:
-            raise ValueError(f"register value must be 0..0xFFFF, got {value!r}")
-        what = f"FC06 0x{address:04X}={value} unit {unit_id}"
-        response = await self._request(
-            what, lambda: self._client.write_register(address, value, device_id=unit_id)
-        )
-        echo = list(response.registers)
-        if response.address != address or echo[:1] != [value]:
-            raise DeviceProtocolError(
-                f"{self._name}: {what}: echo 0x{response.address:04X}={echo[:1]} "
-                "does not match the request"
-            )
-
-    async def _request(self, what: str, call: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        # Same mapping as ModbusLink._read (see the table in modbus_link.py).
-        await self.ensure_connected()
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                response = await call()
-        except TimeoutError as exc:
-            raise await self._no_answer(what) from exc
-        except ConnectionException as exc:
-            await self.close()
-            raise DeviceUnavailable(f"{self._name}: {what}: {self.endpoint}: {exc}") from exc
-        except ModbusIOException as exc:
-            if "No response" in str(exc):
-                raise await self._no_answer(what) from exc
-            raise DeviceProtocolError(f"{self._name}: {what}: {exc}") from exc
-        except ModbusException as exc:
-            raise DeviceProtocolError(f"{self._name}: {what}: {exc}") from exc
-        except OSError as exc:
-            await self.close()
-            raise DeviceUnavailable(f"{self._name}: {what}: {self.endpoint}: {exc}") from exc
-        if response.isError():
-            code = int(response.exception_code)
-            raise ModbusExceptionResponse(
-                f"{self._name}: {what}: Modbus exception 0x{code:02X}",
-                function_code=int(response.function_code),
-                exception_code=code,
-            )
-        return response
-
-    def _bits(self, response: ModbusPDU, what: str, count: int) -> list[bool]:
-        # The answer carries whole bytes (padded with 0 bits): fewer than `count` is malformed.
-        bits = [bool(b) for b in response.bits]
-        if len(bits) < count:
-            raise DeviceProtocolError(
-                f"{self._name}: {what}: got {len(bits)} bits, expected {count}"
-            )
-        return bits[:count]
-
-
-def _narrow(link: ModbusLink) -> ModbusIoLink:
-    if not isinstance(link, ModbusIoLink):  # ModbusLink's builders construct `cls`
-        raise TypeError(f"expected a ModbusIoLink, got {type(link).__name__}")
-    return link
-
-
 # --------------------------------------------------------------------------- driver
 
 
@@ -254,9 +114,8 @@ class RelayModule:
     (writes acknowledged but not confirmed by the read-back).
     """
 
-    def __init__(self, link: ModbusIoLink, *, unit_id: int = 1, name: str = "wp8024") -> None:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit_id must be 1..247, got {unit_id!r}")
+    def __init__(self, link: ModbusLink, *, unit_id: int = 1, name: str = "wp8024") -> None:
+        check_unit_id(unit_id)
         self._link = link
         self._unit_id = unit_id
         self._name = name
@@ -276,7 +135,7 @@ class RelayModule:
     ) -> RelayModule:
         """Module behind a Modbus TCP gateway."""
         return cls(
-            ModbusIoLink.tcp(host, port, name=name, timeout_s=timeout_s), unit_id=unit_id, name=name
+            ModbusLink.tcp(host, port, name=name, timeout_s=timeout_s), unit_id=unit_id, name=name
         )
 
     @classmethod
@@ -284,25 +143,12 @@ class RelayModule:
         cls,
         serial_port: str,
         *,
-        baudrate: int = 9600,
-        parity: Literal["N", "E", "O"] = "N",
-        stopbits: int = 1,
-        bytesize: int = 8,
         unit_id: int = 1,
-        timeout_s: float = 1.0,
         name: str = "wp8024",
+        **line: Unpack[RtuSettings],
     ) -> RelayModule:
-        """Module on an RS485 line (factory default 9600 8N1, unit 1)."""
-        link = ModbusIoLink.rtu(
-            serial_port,
-            name=name,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            timeout_s=timeout_s,
-        )
-        return cls(link, unit_id=unit_id, name=name)
+        """Module on an RS485 line (factory default 9600 8N1, unit 1); ``line``: `RtuSettings`."""
+        return cls(ModbusLink.rtu(serial_port, name=name, **line), unit_id=unit_id, name=name)
 
     @property
     def name(self) -> str:

@@ -16,12 +16,12 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Unpack
 
 import yaml
 
 from appliance.drivers.base import PHASE_FIELDS, SCALAR_FIELDS, MeterReading
-from appliance.drivers.modbus_link import ModbusLink
+from appliance.drivers.modbus_link import ModbusLink, RtuSettings, check_unit_id
 from appliance.errors import ConfigError, DeviceProtocolError
 
 _LOG = logging.getLogger(__name__)
@@ -259,8 +259,7 @@ class Sdm630Meter:
         name: str = "sdm630",
         register_map: Sdm630Map | None = None,
     ) -> None:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit_id must be 1..247, got {unit_id!r}")
+        check_unit_id(unit_id)
         self._link = link
         self._unit_id = unit_id
         self._name = name
@@ -287,25 +286,12 @@ class Sdm630Meter:
         cls,
         serial_port: str,
         *,
-        baudrate: int = 9600,
-        parity: Literal["N", "E", "O"] = "N",
-        stopbits: int = 1,
-        bytesize: int = 8,
         unit_id: int = 1,
-        timeout_s: float = 1.0,
         name: str = "sdm630",
+        **line: Unpack[RtuSettings],
     ) -> Sdm630Meter:
-        """Meter on an RS485 line (factory default 9600 8N1, unit 1)."""
-        link = ModbusLink.rtu(
-            serial_port,
-            name=name,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            timeout_s=timeout_s,
-        )
-        return cls(link, unit_id=unit_id, name=name)
+        """Meter on an RS485 line (factory default 9600 8N1, unit 1); ``line``: `RtuSettings`."""
+        return cls(ModbusLink.rtu(serial_port, name=name, **line), unit_id=unit_id, name=name)
 
     @property
     def name(self) -> str:

@@ -24,19 +24,23 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import yaml
 
 from appliance.drivers.inverter_types import (
     IDLE_BAND_W,
-    InverterModbusLink,
     InverterReading,
     InverterState,
     clamp_setpoint_w,
     state_from_power,
 )
-from appliance.drivers.modbus_link import ModbusExceptionResponse
+from appliance.drivers.modbus_link import (
+    ModbusExceptionResponse,
+    ModbusLink,
+    RtuSettings,
+    check_unit_id,
+)
 from appliance.errors import ConfigError, DeviceProtocolError, DeviceUnavailable, NotSupported
 
 _LOG = logging.getLogger(__name__)
@@ -317,7 +321,7 @@ class SunSpecInverter:
 
     def __init__(
         self,
-        link: InverterModbusLink,
+        link: ModbusLink,
         *,
         unit_id: int = 1,
         name: str = "inverter",
@@ -326,8 +330,7 @@ class SunSpecInverter:
         base_address: int = SUNSPEC_BASE_ADDRESS,
         models: Mapping[int, SunSpecModel] | None = None,
     ) -> None:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit_id must be 1..247, got {unit_id!r}")
+        check_unit_id(unit_id)
         if not 1.0 <= revert_timeout_s <= 86_400.0:
             raise ValueError(f"revert_timeout_s must be 1..86400, got {revert_timeout_s!r}")
         if setpoint_mode not in _WSETMOD:
@@ -359,7 +362,7 @@ class SunSpecInverter:
     ) -> SunSpecInverter:
         """Inverter on Modbus TCP (SunSpec devices usually listen on 502, unit 1)."""
         return cls(
-            InverterModbusLink.tcp(host, port, name=name, timeout_s=timeout_s),
+            ModbusLink.tcp(host, port, name=name, timeout_s=timeout_s),
             unit_id=unit_id,
             name=name,
             revert_timeout_s=revert_timeout_s,
@@ -371,28 +374,15 @@ class SunSpecInverter:
         cls,
         serial_port: str,
         *,
-        baudrate: int = 9600,
-        parity: Literal["N", "E", "O"] = "N",
-        stopbits: int = 1,
-        bytesize: int = 8,
         unit_id: int = 1,
-        timeout_s: float = 1.0,
         name: str = "inverter",
         revert_timeout_s: float = 10.0,
         setpoint_mode: Literal["watts", "percent"] = "watts",
+        **line: Unpack[RtuSettings],
     ) -> SunSpecInverter:
-        """Inverter on an RS485 line."""
-        link = InverterModbusLink.rtu(
-            serial_port,
-            name=name,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            timeout_s=timeout_s,
-        )
+        """Inverter on an RS485 line; ``line``: `RtuSettings` (the serial settings, ``timeout_s``)."""
         return cls(
-            link,
+            ModbusLink.rtu(serial_port, name=name, **line),
             unit_id=unit_id,
             name=name,
             revert_timeout_s=revert_timeout_s,

@@ -22,7 +22,8 @@ from appliance.config.schema import (
 )
 from appliance.drivers.base import MeterReading
 from appliance.drivers.generic_inverter import GenericInverter, parse_generic_inverter_map
-from appliance.drivers.inverter_types import InverterModbusLink, InverterReading
+from appliance.drivers.inverter_types import InverterReading
+from appliance.drivers.modbus_link import ModbusLink
 from appliance.drivers.pc321_clamp import ClampReading, Pc321Clamp
 from appliance.drivers.pylontech_can import BmsReading, PylontechCanBms
 from appliance.drivers.sdm630 import Sdm630Meter
@@ -301,12 +302,12 @@ class _Builder:
         )
 
 
-def _inverter_link(name: str, connection: TcpConnection | SerialConnection) -> InverterModbusLink:
+def _inverter_link(name: str, connection: TcpConnection | SerialConnection) -> ModbusLink:
     if isinstance(connection, TcpConnection):
-        return InverterModbusLink.tcp(
+        return ModbusLink.tcp(
             connection.host, connection.port, name=name, timeout_s=connection.timeout_s
         )
-    return InverterModbusLink.rtu(
+    return ModbusLink.rtu(
         connection.port,
         name=name,
         baudrate=connection.baudrate,

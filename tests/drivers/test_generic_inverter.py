@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -12,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from appliance.config.loader import device_map_path
@@ -26,6 +24,7 @@ from appliance.drivers.generic_inverter import (
 from appliance.drivers.inverter_types import Inverter, InverterState, PowerControl
 from appliance.drivers.modbus_link import ModbusExceptionResponse
 from appliance.errors import ConfigError, DeviceProtocolError, DeviceUnavailable
+from appliance.simulation.devices.modbus_server import ModbusDeviceServer
 
 LOCALHOST = "127.0.0.1"
 TIMEOUT_S = 0.3
@@ -52,17 +51,17 @@ def map_from(doc: dict[str, Any], source: str = "acme.yaml") -> GenericInverterM
     return parse_generic_inverter_map(yaml.safe_dump(doc), source)
 
 
-class MapServer:
-    """A Modbus TCP server whose registers are the map's; measurements come from ``values``."""
+class MapServer(ModbusDeviceServer):
+    """A Modbus server (unit 1) whose registers are the map's; measurements come from ``values``."""
 
     def __init__(self, register_map: GenericInverterMap, values: dict[str, float]) -> None:
+        super().__init__(unit_id=1, name="map-server")
         self.map = register_map
         self.values = dict(values)
         self.writes: list[tuple[int, list[int]]] = []
         self.fail = False
-        self._server: ModbusTcpServer | None = None
 
-    def _device(self) -> SimDevice:
+    def _device(self, *, parity: str | None, baudrate: int | None) -> SimDevice:
         def blocks(table: str) -> list[SimData]:
             regs = [r for r in self.map.registers if r.table == table]
             made = [
@@ -104,17 +103,6 @@ class MapServer:
             return [int(value)]
         return encode_value(spec, value, self.map.word_order)
 
-    async def start(self) -> int:
-        self._server = ModbusTcpServer(self._device(), address=(LOCALHOST, 0))
-        await self._server.serve_forever(background=True)
-        listener = self._server.transport
-        assert isinstance(listener, asyncio.Server)
-        return int(listener.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.shutdown()  # type: ignore[no-untyped-call]
-
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[GenericInverterMap], Any]]:
@@ -123,7 +111,7 @@ async def serve() -> AsyncIterator[Callable[[GenericInverterMap], Any]]:
 
     async def start(register_map: GenericInverterMap) -> tuple[MapServer, GenericInverter]:
         server = MapServer(register_map, VALUES)
-        port = await server.start()
+        port = await server.start_tcp(LOCALHOST, 0)
         driver = GenericInverter.tcp(
             LOCALHOST,
             port,

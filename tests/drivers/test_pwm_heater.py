@@ -4,10 +4,7 @@ simulator, and the relay-driven heater against the WP8024 simulator (real pymodb
 
 from __future__ import annotations
 
-import asyncio
 import math
-import os
-import tty
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -192,19 +189,6 @@ async def pwm_port(pwm_sim: PwmControllerSimulator) -> int:
 
 
 @pytest.fixture
-async def closing() -> AsyncIterator[Callable[[ModbusPwmController], ModbusPwmController]]:
-    made: list[ModbusPwmController] = []
-
-    def track(controller: ModbusPwmController) -> ModbusPwmController:
-        made.append(controller)
-        return controller
-
-    yield track
-    for controller in made:
-        await controller.close()
-
-
-@pytest.fixture
 async def controller(
     pwm_port: int, closing: Callable[[ModbusPwmController], ModbusPwmController]
 ) -> ModbusPwmController:
@@ -213,35 +197,6 @@ async def controller(
             LOCALHOST, pwm_port, unit_id=3, register=REGISTER, timeout_s=TIMEOUT_S, name="buffer"
         )
     )
-
-
-@pytest.fixture
-async def serial_pair() -> AsyncIterator[tuple[str, str]]:
-    """Two pty slave names joined back to back (see test_sdm630.py)."""
-    loop = asyncio.get_running_loop()
-    master_a, slave_a = os.openpty()
-    master_b, slave_b = os.openpty()
-    for fd in (master_a, slave_a, master_b, slave_b):
-        tty.setraw(fd)
-    for fd in (master_a, master_b):
-        os.set_blocking(fd, False)
-
-    def pump(src: int, dst: int) -> None:
-        try:
-            data = os.read(src, 4096)
-        except OSError:
-            return
-        os.write(dst, data)
-
-    loop.add_reader(master_a, pump, master_a, master_b)
-    loop.add_reader(master_b, pump, master_b, master_a)
-    try:
-        yield os.ttyname(slave_a), os.ttyname(slave_b)
-    finally:
-        loop.remove_reader(master_a)
-        loop.remove_reader(master_b)
-        for fd in (master_a, slave_a, master_b, slave_b):
-            os.close(fd)
 
 
 # ----------------------------------------------------------------------------- Modbus PWM controller

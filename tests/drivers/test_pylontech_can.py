@@ -189,16 +189,6 @@ def sim_bus(channel: str) -> Iterator[can.BusABC]:
 
 
 @pytest.fixture
-async def drivers() -> AsyncIterator[list[PylontechCanBms]]:
-    """Drivers a test creates; all closed afterwards."""
-    made: list[PylontechCanBms] = []
-    yield made
-    for driver in made:
-        await driver.close()
-    assert notifier_threads() == []
-
-
-@pytest.fixture
 def make_driver(channel: str, drivers: list[PylontechCanBms]) -> Callable[..., PylontechCanBms]:
     def make(**kwargs: object) -> PylontechCanBms:
         kwargs.setdefault("stale_after_s", STALE_S)

@@ -1,7 +1,7 @@
 """WP8024ADAM relay module driver against its simulator: real pymodbus client and server.
 
 TCP on 127.0.0.1 with ephemeral ports; RTU through two raw pty pairs joined back to back
-(a null-modem cable), as in test_sdm630.py.
+(a null-modem cable): the `serial_pair` fixture of conftest.py.
 """
 
 from __future__ import annotations
@@ -72,70 +72,19 @@ async def tcp_port(sim: RelayModuleSimulator) -> int:
 
 
 @pytest.fixture
-async def modules() -> AsyncIterator[Callable[[RelayModule], RelayModule]]:
-    """Register a driver so it is closed after the test."""
-    made: list[RelayModule] = []
-
-    def track(module: RelayModule) -> RelayModule:
-        made.append(module)
-        return module
-
-    yield track
-    for module in made:
-        await module.close()
-
-
-@pytest.fixture
-async def module(tcp_port: int, modules: Callable[[RelayModule], RelayModule]) -> RelayModule:
-    return modules(RelayModule.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S, name="boiler"))
-
-
-@pytest.fixture
-async def raw_client(tcp_port: int) -> AsyncIterator[AsyncModbusTcpClient]:
-    client = AsyncModbusTcpClient(LOCALHOST, port=tcp_port, timeout=1, retries=0)
-    assert await client.connect()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-async def serial_pair() -> AsyncIterator[tuple[str, str]]:
-    """Two pty slave names joined back to back: bytes written to one are read on the other."""
-    loop = asyncio.get_running_loop()
-    master_a, slave_a = os.openpty()
-    master_b, slave_b = os.openpty()
-    for fd in (master_a, slave_a, master_b, slave_b):
-        tty.setraw(fd)
-    for fd in (master_a, master_b):
-        os.set_blocking(fd, False)
-
-    def pump(src: int, dst: int) -> None:
-        try:
-            data = os.read(src, 4096)
-        except OSError:  # EAGAIN, or EIO while no one has the slave open
-            return
-        os.write(dst, data)
-
-    loop.add_reader(master_a, pump, master_a, master_b)
-    loop.add_reader(master_b, pump, master_b, master_a)
-    try:
-        yield os.ttyname(slave_a), os.ttyname(slave_b)
-    finally:
-        loop.remove_reader(master_a)
-        loop.remove_reader(master_b)
-        for fd in (master_a, slave_a, master_b, slave_b):
-            os.close(fd)
+async def module(tcp_port: int, closing: Callable[[RelayModule], RelayModule]) -> RelayModule:
+    return closing(RelayModule.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S, name="boiler"))
 
 
 @pytest.fixture
 async def rtu_module(
     sim: RelayModuleSimulator,
     serial_pair: tuple[str, str],
-    modules: Callable[[RelayModule], RelayModule],
+    closing: Callable[[RelayModule], RelayModule],
 ) -> RelayModule:
     sim_end, driver_end = serial_pair
     await sim.start_rtu(sim_end, baudrate=9600)
-    return modules(RelayModule.rtu(driver_end, baudrate=9600, unit_id=1, timeout_s=TIMEOUT_S))
+    return closing(RelayModule.rtu(driver_end, baudrate=9600, unit_id=1, timeout_s=TIMEOUT_S))
 
 
 async def exchange_raw(port: str, request: bytes, answer_len: int) -> bytes:
@@ -454,9 +403,9 @@ async def test_plant_failure_is_exception_4_not_malformed(
 
 
 async def test_other_unit_id_gets_no_answer(
-    tcp_port: int, modules: Callable[[RelayModule], RelayModule]
+    tcp_port: int, closing: Callable[[RelayModule], RelayModule]
 ) -> None:
-    module = modules(RelayModule.tcp(LOCALHOST, tcp_port, unit_id=7, timeout_s=0.2))
+    module = closing(RelayModule.tcp(LOCALHOST, tcp_port, unit_id=7, timeout_s=0.2))
     with pytest.raises(DeviceTimeout):
         await module.read()
 
@@ -509,8 +458,8 @@ async def test_simulator_commissioning_registers(raw_client: AsyncModbusTcpClien
 
 
 async def test_missing_serial_port_is_unavailable(
-    tmp_path: Path, modules: Callable[[RelayModule], RelayModule]
+    tmp_path: Path, closing: Callable[[RelayModule], RelayModule]
 ) -> None:
-    module = modules(RelayModule.rtu(str(tmp_path / "ttyNONE"), timeout_s=TIMEOUT_S))
+    module = closing(RelayModule.rtu(str(tmp_path / "ttyNONE"), timeout_s=TIMEOUT_S))
     with pytest.raises(DeviceUnavailable):
         await module.set_relay(1, True)

@@ -6,15 +6,11 @@ TCP on 127.0.0.1 with ephemeral ports; RTU through two raw pty pairs joined back
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
-import os
-import socket
 import struct
 import time
-import tty
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -98,85 +94,6 @@ async def tcp_port(sim: Sdm630Simulator) -> int:
     return await sim.start_tcp(LOCALHOST, 0)
 
 
-@pytest.fixture
-async def meters() -> AsyncIterator[Callable[[Sdm630Meter], Sdm630Meter]]:
-    """Register a meter so it is closed after the test."""
-    made: list[Sdm630Meter] = []
-
-    def track(meter: Sdm630Meter) -> Sdm630Meter:
-        made.append(meter)
-        return meter
-
-    yield track
-    for meter in made:
-        await meter.close()
-
-
-@pytest.fixture
-async def raw_client(tcp_port: int) -> AsyncIterator[AsyncModbusTcpClient]:
-    client = AsyncModbusTcpClient(LOCALHOST, port=tcp_port, timeout=1, retries=0)
-    assert await client.connect()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-async def serial_pair() -> AsyncIterator[tuple[str, str]]:
-    """Two pty slave names joined back to back: bytes written to one are read on the other."""
-    loop = asyncio.get_running_loop()
-    master_a, slave_a = os.openpty()
-    master_b, slave_b = os.openpty()
-    for fd in (master_a, slave_a, master_b, slave_b):
-        tty.setraw(fd)
-    for fd in (master_a, master_b):
-        os.set_blocking(fd, False)
-
-    def pump(src: int, dst: int) -> None:
-        try:
-            data = os.read(src, 4096)
-        except OSError:  # EAGAIN, or EIO while no one has the slave open
-            return
-        os.write(dst, data)
-
-    loop.add_reader(master_a, pump, master_a, master_b)
-    loop.add_reader(master_b, pump, master_b, master_a)
-    try:
-        # The slave fds stay open here so the masters never see EIO between openings.
-        yield os.ttyname(slave_a), os.ttyname(slave_b)
-    finally:
-        loop.remove_reader(master_a)
-        loop.remove_reader(master_b)
-        for fd in (master_a, slave_a, master_b, slave_b):
-            os.close(fd)
-
-
-@pytest.fixture
-async def silent_port() -> AsyncIterator[int]:
-    """A TCP server that accepts connections and never answers."""
-    writers: list[asyncio.StreamWriter] = []
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        while await reader.read(1024):
-            pass
-        writer.close()
-
-    server = await asyncio.start_server(swallow, LOCALHOST, 0)
-    yield int(server.sockets[0].getsockname()[1])
-    for writer in writers:
-        writer.close()
-    server.close()
-    await server.wait_closed()
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A port on 127.0.0.1 nobody listens on (bound, not listening, for the test's duration)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        yield int(sock.getsockname()[1])
-
-
 # ----------------------------------------------------------------------------- the map
 
 
@@ -202,9 +119,9 @@ def test_map_missing_field_is_a_config_error(tmp_path: Path) -> None:
 
 
 async def test_reads_what_the_simulator_serves_over_tcp(
-    tcp_port: int, source: Source, meters: Callable[[Sdm630Meter], Sdm630Meter]
+    tcp_port: int, source: Source, closing: Callable[[Sdm630Meter], Sdm630Meter]
 ) -> None:
-    meter = meters(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S, name="grid"))
+    meter = closing(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S, name="grid"))
     assert isinstance(meter, PowerMeter)
     await meter.connect()
     assert await meter.read() == as_float32(source.reading)
@@ -214,11 +131,11 @@ async def test_reads_what_the_simulator_serves_over_rtu(
     sim: Sdm630Simulator,
     source: Source,
     serial_pair: tuple[str, str],
-    meters: Callable[[Sdm630Meter], Sdm630Meter],
+    closing: Callable[[Sdm630Meter], Sdm630Meter],
 ) -> None:
     sim_end, driver_end = serial_pair
     await sim.start_rtu(sim_end, baudrate=9600)
-    meter = meters(Sdm630Meter.rtu(driver_end, baudrate=9600, unit_id=1, timeout_s=1.0))
+    meter = closing(Sdm630Meter.rtu(driver_end, baudrate=9600, unit_id=1, timeout_s=1.0))
     assert await meter.read() == as_float32(source.reading)
     source.reading = make_reading(frequency_hz=49.9)
     assert (await meter.read()).frequency_hz == f32(49.9)
@@ -244,9 +161,9 @@ async def test_one_request_per_read(
     sim: Sdm630Simulator,
     tcp_port: int,
     source: Source,
-    meters: Callable[[Sdm630Meter], Sdm630Meter],
+    closing: Callable[[Sdm630Meter], Sdm630Meter],
 ) -> None:
-    meter = meters(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S))
+    meter = closing(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S))
     sim.reset_request_count()
     for _ in range(3):
         await meter.read()
@@ -256,9 +173,9 @@ async def test_one_request_per_read(
 
 
 async def test_values_follow_the_source(
-    tcp_port: int, source: Source, meters: Callable[[Sdm630Meter], Sdm630Meter]
+    tcp_port: int, source: Source, closing: Callable[[Sdm630Meter], Sdm630Meter]
 ) -> None:
-    meter = meters(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S))
+    meter = closing(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S))
     first = await meter.read()
     source.reading = make_reading(
         active_power_w=(-2000.0, -1500.0, -1000.0), total_active_power_w=-4500.0, export_kwh=800.0
@@ -271,7 +188,7 @@ async def test_values_follow_the_source(
 
 
 async def test_each_response_is_one_snapshot(
-    meters: Callable[[Sdm630Meter], Sdm630Meter],
+    closing: Callable[[Sdm630Meter], Sdm630Meter],
 ) -> None:
     calls = 0
 
@@ -283,7 +200,7 @@ async def test_each_response_is_one_snapshot(
     sim = Sdm630Simulator(changing)
     try:
         port = await sim.start_tcp(LOCALHOST, 0)
-        meter = meters(Sdm630Meter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S))
+        meter = closing(Sdm630Meter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S))
         for expected in (1.0, 2.0, 3.0):
             reading = await meter.read()
             assert reading.import_kwh == expected
@@ -296,17 +213,17 @@ async def test_each_response_is_one_snapshot(
 
 
 async def test_nothing_listening_is_unavailable(
-    closed_port: int, meters: Callable[[Sdm630Meter], Sdm630Meter]
+    closed_port: int, closing: Callable[[Sdm630Meter], Sdm630Meter]
 ) -> None:
-    meter = meters(Sdm630Meter.tcp(LOCALHOST, closed_port, timeout_s=TIMEOUT_S))
+    meter = closing(Sdm630Meter.tcp(LOCALHOST, closed_port, timeout_s=TIMEOUT_S))
     with pytest.raises(DeviceUnavailable, match=f"tcp://{LOCALHOST}:{closed_port}"):
         await meter.read()
 
 
 async def test_simulator_down_is_unavailable_then_reconnects(
-    sim: Sdm630Simulator, tcp_port: int, meters: Callable[[Sdm630Meter], Sdm630Meter]
+    sim: Sdm630Simulator, tcp_port: int, closing: Callable[[Sdm630Meter], Sdm630Meter]
 ) -> None:
-    meter = meters(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S))
+    meter = closing(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S))
     await meter.read()
     await sim.stop()
     started = time.monotonic()
@@ -318,17 +235,17 @@ async def test_simulator_down_is_unavailable_then_reconnects(
 
 
 async def test_missing_serial_port_is_unavailable(
-    tmp_path: Path, meters: Callable[[Sdm630Meter], Sdm630Meter]
+    tmp_path: Path, closing: Callable[[Sdm630Meter], Sdm630Meter]
 ) -> None:
-    meter = meters(Sdm630Meter.rtu(str(tmp_path / "ttyNONE"), timeout_s=TIMEOUT_S))
+    meter = closing(Sdm630Meter.rtu(str(tmp_path / "ttyNONE"), timeout_s=TIMEOUT_S))
     with pytest.raises(DeviceUnavailable):
         await meter.read()
 
 
 async def test_no_answer_times_out_within_the_timeout(
-    silent_port: int, meters: Callable[[Sdm630Meter], Sdm630Meter]
+    silent_port: int, closing: Callable[[Sdm630Meter], Sdm630Meter]
 ) -> None:
-    meter = meters(Sdm630Meter.tcp(LOCALHOST, silent_port, timeout_s=TIMEOUT_S))
+    meter = closing(Sdm630Meter.tcp(LOCALHOST, silent_port, timeout_s=TIMEOUT_S))
     started = time.monotonic()
     with pytest.raises(DeviceTimeout):
         await meter.read()
@@ -336,9 +253,9 @@ async def test_no_answer_times_out_within_the_timeout(
 
 
 async def test_other_unit_id_gets_no_answer(
-    tcp_port: int, meters: Callable[[Sdm630Meter], Sdm630Meter]
+    tcp_port: int, closing: Callable[[Sdm630Meter], Sdm630Meter]
 ) -> None:
-    meter = meters(Sdm630Meter.tcp(LOCALHOST, tcp_port, unit_id=7, timeout_s=0.2))
+    meter = closing(Sdm630Meter.tcp(LOCALHOST, tcp_port, unit_id=7, timeout_s=0.2))
     with pytest.raises(DeviceTimeout):
         await meter.read()
 
@@ -355,21 +272,21 @@ async def test_other_unit_id_gets_no_answer(
 async def test_nan_inf_and_implausible_values_are_protocol_errors(
     tcp_port: int,
     source: Source,
-    meters: Callable[[Sdm630Meter], Sdm630Meter],
+    closing: Callable[[Sdm630Meter], Sdm630Meter],
     changes: dict[str, object],
     register: str,
 ) -> None:
     source.reading = make_reading(**changes)
-    meter = meters(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S, name="grid"))
+    meter = closing(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S, name="grid"))
     with pytest.raises(DeviceProtocolError, match=f"grid: {register} "):
         await meter.read()
 
 
 async def test_exception_response_is_a_protocol_error_with_its_code(
-    tcp_port: int, source: Source, meters: Callable[[Sdm630Meter], Sdm630Meter]
+    tcp_port: int, source: Source, closing: Callable[[Sdm630Meter], Sdm630Meter]
 ) -> None:
     source.error = RuntimeError("meter firmware crashed")
-    meter = meters(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S))
+    meter = closing(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S))
     with pytest.raises(ModbusExceptionResponse, match="exception 0x04") as info:
         await meter.read()
     assert info.value.exception_code == 4
@@ -407,9 +324,9 @@ async def test_writes_are_refused(raw_client: AsyncModbusTcpClient) -> None:
 async def test_commissioning_holding_registers(
     raw_client: AsyncModbusTcpClient,
     tcp_port: int,
-    meters: Callable[[Sdm630Meter], Sdm630Meter],
+    closing: Callable[[Sdm630Meter], Sdm630Meter],
 ) -> None:
-    meter = meters(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S))
+    meter = closing(Sdm630Meter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S))
     assert await meter.read_serial_number() == 20240117
     baud = await raw_client.read_holding_registers(0x001C, count=2, device_id=1)
     assert raw_client.convert_from_registers(

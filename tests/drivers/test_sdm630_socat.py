@@ -6,10 +6,8 @@ gives each end a stable path, the way a site config names `/dev/ttyUSB0`.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -20,31 +18,12 @@ from tests.drivers.test_sdm630 import as_float32, make_reading
 
 
 @pytest.fixture
-async def socat_pair(tmp_path: Path) -> AsyncIterator[tuple[Path, Path]]:
-    socat = shutil.which("socat")
-    assert socat is not None, (
-        "socat is missing: `make test` installs it (scripts/install-test-servers.sh)"
-    )
+async def socat_pair(
+    tmp_path: Path, socat_link: Callable[[Path, Path], AbstractAsyncContextManager[None]]
+) -> AsyncIterator[tuple[Path, Path]]:
     meter_end, appliance_end = tmp_path / "ttyMETER", tmp_path / "ttyUSB0"
-    process = await asyncio.create_subprocess_exec(
-        socat,
-        f"pty,raw,echo=0,link={meter_end}",
-        f"pty,raw,echo=0,link={appliance_end}",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            if meter_end.exists() and appliance_end.exists():
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("socat did not create the pty links")
+    async with socat_link(meter_end, appliance_end):
         yield meter_end, appliance_end
-    finally:
-        process.terminate()
-        async with asyncio.timeout(5):
-            await process.wait()
 
 
 async def test_rtu_read_through_socat_pty_pair(socat_pair: tuple[Path, Path]) -> None:

@@ -12,14 +12,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import random
-import shutil
-import subprocess
 import threading
 import time
-import tty
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TypeVar
 
@@ -417,50 +414,6 @@ class Source:
 
 
 @pytest.fixture
-async def serial_pair() -> AsyncIterator[tuple[str, str]]:
-    """Two pty slave names joined back to back: bytes written to one are read on the other."""
-    loop = asyncio.get_running_loop()
-    master_a, slave_a = os.openpty()
-    master_b, slave_b = os.openpty()
-    for fd in (master_a, slave_a, master_b, slave_b):
-        tty.setraw(fd)
-    for fd in (master_a, master_b):
-        os.set_blocking(fd, False)
-
-    def pump(src: int, dst: int) -> None:
-        try:
-            data = os.read(src, 4096)
-        except OSError:  # EAGAIN, or EIO while no one has the slave open
-            return
-        with contextlib.suppress(OSError):  # far end full: lost, as on a line nobody reads
-            os.write(dst, data)
-
-    loop.add_reader(master_a, pump, master_a, master_b)
-    loop.add_reader(master_b, pump, master_b, master_a)
-    try:
-        # The slave fds stay open here so the masters never see EIO between openings.
-        yield os.ttyname(slave_a), os.ttyname(slave_b)
-    finally:
-        loop.remove_reader(master_a)
-        loop.remove_reader(master_b)
-        for fd in (master_a, slave_a, master_b, slave_b):
-            os.close(fd)
-
-
-@pytest.fixture
-async def meters() -> AsyncIterator[Callable[[SmlMeter], SmlMeter]]:
-    made: list[SmlMeter] = []
-
-    def track(meter: SmlMeter) -> SmlMeter:
-        made.append(meter)
-        return meter
-
-    yield track
-    for meter in made:
-        await meter.close()
-
-
-@pytest.fixture
 async def sims() -> AsyncIterator[Callable[[SmlMeterSimulator], Awaitable[SmlMeterSimulator]]]:
     made: list[SmlMeterSimulator] = []
 
@@ -483,13 +436,13 @@ def source() -> Source:
 async def link(
     serial_pair: tuple[str, str],
     source: Source,
-    meters: Callable[[SmlMeter], SmlMeter],
+    closing: Callable[[SmlMeter], SmlMeter],
     sims: Callable[[SmlMeterSimulator], Awaitable[SmlMeterSimulator]],
 ) -> tuple[SmlMeterSimulator, SmlMeter]:
     """The simulator on one end of the pty pair, the driver on the other."""
     meter_end, appliance_end = serial_pair
     sim = await sims(SmlMeterSimulator(source, meter_end, PERIOD_S))
-    meter = meters(SmlMeter(appliance_end, name="grid_sml", stale_after_s=STALE_S))
+    meter = closing(SmlMeter(appliance_end, name="grid_sml", stale_after_s=STALE_S))
     return sim, meter
 
 
@@ -644,33 +597,14 @@ async def test_reader_restarts_after_close(link: tuple[SmlMeterSimulator, SmlMet
 # ----------------------------------------------------------------------------- socat, TCP
 
 
-@contextlib.asynccontextmanager
-async def socat_link(meter_end: Path, appliance_end: Path) -> AsyncIterator[None]:
-    socat = shutil.which("socat")
-    assert socat is not None, "socat is missing: `make test` installs it"
-    process = await asyncio.create_subprocess_exec(
-        socat,
-        f"pty,raw,echo=0,link={meter_end}",
-        f"pty,raw,echo=0,link={appliance_end}",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        await until(lambda: meter_end.exists() and appliance_end.exists())
-        yield
-    finally:
-        process.terminate()
-        async with asyncio.timeout(5):
-            await process.wait()
-
-
 async def test_missing_port_is_unavailable_until_it_appears_and_after_it_goes(
     tmp_path: Path,
     source: Source,
-    meters: Callable[[SmlMeter], SmlMeter],
+    closing: Callable[[SmlMeter], SmlMeter],
+    socat_link: Callable[[Path, Path], AbstractAsyncContextManager[None]],
 ) -> None:
     meter_end, appliance_end = tmp_path / "ttyMETER", tmp_path / "ttyUSB1"
-    meter = meters(SmlMeter(str(appliance_end), stale_after_s=STALE_S, reopen_delay_s=0.05))
+    meter = closing(SmlMeter(str(appliance_end), stale_after_s=STALE_S, reopen_delay_s=0.05))
     with pytest.raises(DeviceUnavailable, match=f"cannot open {appliance_end}"):
         await meter.read()
     for _ in range(2):  # the adapter appears, is unplugged, and appears again
@@ -713,9 +647,9 @@ async def tcp_bridge() -> AsyncIterator[int]:
 
 
 async def test_reads_through_a_tcp_bridge_url(
-    tcp_bridge: int, meters: Callable[[SmlMeter], SmlMeter]
+    tcp_bridge: int, closing: Callable[[SmlMeter], SmlMeter]
 ) -> None:
-    meter = meters(SmlMeter(f"socket://127.0.0.1:{tcp_bridge}", stale_after_s=STALE_S))
+    meter = closing(SmlMeter(f"socket://127.0.0.1:{tcp_bridge}", stale_after_s=STALE_S))
     assert_matches(await meter.read(), VALUES)
     await until(lambda: meter.telegrams >= 2)
     await meter.close()

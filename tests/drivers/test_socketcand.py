@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import can
@@ -88,16 +87,6 @@ async def client(server: SocketcandServer) -> AsyncIterator[ClientFactory]:
     yield open_client
     for bus in opened:
         await asyncio.to_thread(bus.shutdown)
-
-
-@pytest.fixture
-async def drivers() -> AsyncIterator[list[PylontechCanBms]]:
-    made: list[PylontechCanBms] = []
-    yield made
-    for driver in made:
-        await driver.close()
-    # No python-can Notifier thread outlives its driver.
-    assert [t.name for t in threading.enumerate() if t.name.startswith("Notifier")] == []
 
 
 async def eventually_read(driver: PylontechCanBms, timeout_s: float = 3.0) -> BmsReading:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import os
-import tty
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -94,68 +92,19 @@ async def sim(plant: Plant) -> AsyncIterator[SunSpecInverterSimulator]:
 
 
 @pytest.fixture
-async def port(sim: SunSpecInverterSimulator) -> int:
+async def tcp_port(sim: SunSpecInverterSimulator) -> int:
     return await sim.start_tcp(LOCALHOST, 0)
 
 
 @pytest.fixture
-async def track() -> AsyncIterator[Callable[[SunSpecInverter], SunSpecInverter]]:
-    """Register a driver so it is closed after the test."""
-    made: list[SunSpecInverter] = []
-
-    def add(inverter: SunSpecInverter) -> SunSpecInverter:
-        made.append(inverter)
-        return inverter
-
-    yield add
-    for inverter in made:
-        await inverter.close()
-
-
-@pytest.fixture
 async def inverter(
-    port: int, track: Callable[[SunSpecInverter], SunSpecInverter]
+    tcp_port: int, closing: Callable[[SunSpecInverter], SunSpecInverter]
 ) -> SunSpecInverter:
-    return track(
-        SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S, name="inv1", revert_timeout_s=2)
+    return closing(
+        SunSpecInverter.tcp(
+            LOCALHOST, tcp_port, timeout_s=TIMEOUT_S, name="inv1", revert_timeout_s=2
+        )
     )
-
-
-@pytest.fixture
-async def raw_client(port: int) -> AsyncIterator[AsyncModbusTcpClient]:
-    client = AsyncModbusTcpClient(LOCALHOST, port=port, timeout=1, retries=0)
-    assert await client.connect()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-async def serial_pair() -> AsyncIterator[tuple[str, str]]:
-    """Two pty slave names joined back to back (a null-modem cable)."""
-    loop = asyncio.get_running_loop()
-    master_a, slave_a = os.openpty()
-    master_b, slave_b = os.openpty()
-    for fd in (master_a, slave_a, master_b, slave_b):
-        tty.setraw(fd)
-    for fd in (master_a, master_b):
-        os.set_blocking(fd, False)
-
-    def pump(src: int, dst: int) -> None:
-        try:
-            data = os.read(src, 4096)
-        except OSError:
-            return
-        os.write(dst, data)
-
-    loop.add_reader(master_a, pump, master_a, master_b)
-    loop.add_reader(master_b, pump, master_b, master_a)
-    try:
-        yield os.ttyname(slave_a), os.ttyname(slave_b)
-    finally:
-        loop.remove_reader(master_a)
-        loop.remove_reader(master_b)
-        for fd in (master_a, slave_a, master_b, slave_b):
-            os.close(fd)
 
 
 def point_address(sim: SunSpecInverterSimulator, model_id: int, point: str) -> int:
@@ -279,13 +228,13 @@ async def test_discovery_finds_every_model(
 
 @pytest.mark.parametrize("missing", [704, 701])
 async def test_discovery_without_704_or_701_is_not_supported(
-    plant: Plant, track: Callable[[SunSpecInverter], SunSpecInverter], missing: int
+    plant: Plant, closing: Callable[[SunSpecInverter], SunSpecInverter], missing: int
 ) -> None:
     served = [m for m in (1, 701, 702, 704, 713, 802) if m != missing]
     sim = SunSpecInverterSimulator(plant.source, plant.on_setpoint, served_models=served)
     try:
         port = await sim.start_tcp(LOCALHOST, 0)
-        inverter = track(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S))
+        inverter = closing(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S))
         with pytest.raises(NotSupported, match=f"model\\(s\\) {missing} missing"):
             await inverter.read()
     finally:
@@ -293,7 +242,7 @@ async def test_discovery_without_704_or_701_is_not_supported(
 
 
 async def test_discovery_refuses_a_704_of_another_length(
-    plant: Plant, track: Callable[[SunSpecInverter], SunSpecInverter]
+    plant: Plant, closing: Callable[[SunSpecInverter], SunSpecInverter]
 ) -> None:
     models = dict(load_sunspec_models())
     m704 = models[704]
@@ -302,7 +251,7 @@ async def test_discovery_refuses_a_704_of_another_length(
     sim = SunSpecInverterSimulator(plant.source, plant.on_setpoint, models=models)
     try:
         port = await sim.start_tcp(LOCALHOST, 0)
-        inverter = track(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S))
+        inverter = closing(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S))
         with pytest.raises(NotSupported, match="model 704 has L=66"):
             await inverter.set_active_power_w(100.0)
     finally:
@@ -312,7 +261,7 @@ async def test_discovery_refuses_a_704_of_another_length(
 
 @pytest.mark.parametrize("marker", [[0x5375, 0x0000], None], ids=["wrong-marker", "no-registers"])
 async def test_device_without_sunspec_map_is_not_supported(
-    track: Callable[[SunSpecInverter], SunSpecInverter], marker: list[int] | None
+    closing: Callable[[SunSpecInverter], SunSpecInverter], marker: list[int] | None
 ) -> None:
     start = 40000 if marker is not None else 0
     data = SimData(start, count=4, values=marker[0] if marker else 0, datatype=DataType.REGISTERS)
@@ -322,7 +271,7 @@ async def test_device_without_sunspec_map_is_not_supported(
         listener = server.transport
         assert isinstance(listener, asyncio.Server)
         port = int(listener.sockets[0].getsockname()[1])
-        inverter = track(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S))
+        inverter = closing(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S))
         with pytest.raises(NotSupported, match="40000"):
             await inverter.read()
     finally:
@@ -334,13 +283,13 @@ async def test_device_without_sunspec_map_is_not_supported(
 
 @pytest.mark.parametrize("power_sf", [0, 1])
 async def test_reads_equal_the_simulator_values_within_resolution(
-    plant: Plant, track: Callable[[SunSpecInverter], SunSpecInverter], power_sf: int
+    plant: Plant, closing: Callable[[SunSpecInverter], SunSpecInverter], power_sf: int
 ) -> None:
     plant.values = dataclasses.replace(VALUES, ac_power_w=-1234.0)
     sim = SunSpecInverterSimulator(plant.source, plant.on_setpoint, power_sf=power_sf)
     try:
         port = await sim.start_tcp(LOCALHOST, 0)
-        reading = await track(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S)).read()
+        reading = await closing(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S)).read()
     finally:
         await sim.stop()
     resolution = 10.0**power_sf / 2
@@ -354,7 +303,7 @@ async def test_reads_equal_the_simulator_values_within_resolution(
 
 
 async def test_large_inverter_gets_a_coarser_power_scale_factor(
-    plant: Plant, track: Callable[[SunSpecInverter], SunSpecInverter]
+    plant: Plant, closing: Callable[[SunSpecInverter], SunSpecInverter]
 ) -> None:
     plant.values = dataclasses.replace(
         VALUES, ac_power_w=45678.0, max_charge_w=60000.0, max_discharge_w=55555.0
@@ -364,7 +313,7 @@ async def test_large_inverter_gets_a_coarser_power_scale_factor(
     )
     try:
         port = await sim.start_tcp(LOCALHOST, 0)
-        inverter = track(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S))
+        inverter = closing(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S))
         reading = await inverter.read()
         assert await inverter.set_active_power_w(33333.0) == 33330.0
     finally:
@@ -404,14 +353,14 @@ async def test_state_follows_the_inverter(
 
 
 async def test_soc_missing_without_713_and_802_is_none(
-    plant: Plant, track: Callable[[SunSpecInverter], SunSpecInverter]
+    plant: Plant, closing: Callable[[SunSpecInverter], SunSpecInverter]
 ) -> None:
     sim = SunSpecInverterSimulator(
         plant.source, plant.on_setpoint, served_models=(1, 701, 702, 704)
     )
     try:
         port = await sim.start_tcp(LOCALHOST, 0)
-        reading = await track(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S)).read()
+        reading = await closing(SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S)).read()
     finally:
         await sim.stop()
     assert reading.soc_pct is None
@@ -432,10 +381,10 @@ async def test_setpoint_reaches_the_plant_and_reads_back(
 
 
 async def test_percent_mode_writes_wsetpct(
-    port: int, plant: Plant, track: Callable[[SunSpecInverter], SunSpecInverter]
+    tcp_port: int, plant: Plant, closing: Callable[[SunSpecInverter], SunSpecInverter]
 ) -> None:
-    inverter = track(
-        SunSpecInverter.tcp(LOCALHOST, port, timeout_s=TIMEOUT_S, setpoint_mode="percent")
+    inverter = closing(
+        SunSpecInverter.tcp(LOCALHOST, tcp_port, timeout_s=TIMEOUT_S, setpoint_mode="percent")
     )
     written = await inverter.set_active_power_w(-1234.0)
     # WSetPct_SF = -2: 0.01 % of WMax 5000 W = 0.5 W resolution.
@@ -668,14 +617,14 @@ async def test_plant_failure_answers_exception_4_then_recovers(
 
 
 async def test_simulator_down_is_unavailable_then_rediscovered(
-    inverter: SunSpecInverter, sim: SunSpecInverterSimulator, port: int
+    inverter: SunSpecInverter, sim: SunSpecInverterSimulator, tcp_port: int
 ) -> None:
     await inverter.read()
     await sim.stop()
     with pytest.raises(DeviceUnavailable):
         await inverter.read()
     assert inverter.model_addresses == {}  # discovery is redone after the link was lost
-    assert await sim.start_tcp(LOCALHOST, port) == port
+    assert await sim.start_tcp(LOCALHOST, tcp_port) == tcp_port
     assert (await inverter.read()).state is InverterState.DISCHARGING
     assert inverter.model_addresses[704] == sim.model_address(704)
 
@@ -686,13 +635,15 @@ async def test_simulator_down_is_unavailable_then_rediscovered(
 async def test_rtu_read_write_and_bad_crc(
     plant: Plant,
     serial_pair: tuple[str, str],
-    track: Callable[[SunSpecInverter], SunSpecInverter],
+    closing: Callable[[SunSpecInverter], SunSpecInverter],
 ) -> None:
     sim_end, driver_end = serial_pair
     sim = SunSpecInverterSimulator(plant.source, plant.on_setpoint, unit_id=3)
     try:
         await sim.start_rtu(sim_end, baudrate=19200)
-        inverter = track(SunSpecInverter.rtu(driver_end, baudrate=19200, unit_id=3, timeout_s=0.5))
+        inverter = closing(
+            SunSpecInverter.rtu(driver_end, baudrate=19200, unit_id=3, timeout_s=0.5)
+        )
         assert await inverter.read() == expected_reading(VALUES, InverterState.DISCHARGING)
         assert await inverter.set_active_power_w(-700.0) == -700.0
         assert plant.setpoints == [-700.0]

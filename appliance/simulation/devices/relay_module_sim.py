@@ -16,7 +16,8 @@ physical state (unless a fault says otherwise) and reports it to the plant; ever
 serves the physical state. pymodbus' write echo (FC 05/06) repeats the request, as a real
 device does, so a stuck output is only visible in the read-back.
 
-Faults (``sim.faults``, effective from the next request):
+Faults (``sim.faults``, effective from the next request; the first four, and the transport,
+are `appliance.simulation.devices.modbus_server`'s):
 
 * ``silent``: no answer at all (the driver's DeviceTimeout);
 * ``delay_s``: answer after this many seconds (ended early by `stop`);
@@ -32,41 +33,25 @@ Faults (``sim.faults``, effective from the next request):
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from pymodbus.constants import ExcCodes
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ExceptionResponse, ModbusPDU
-from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
+from pymodbus.pdu import ModbusPDU
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from appliance.drivers.pwm_heater import PwmRegister
 from appliance.drivers.relay_module import FIRST_COIL, FIRST_INPUT, INPUT_COUNT, RELAY_COUNT
+from appliance.simulation.devices.modbus_server import ModbusDeviceServer, ModbusFaults
 
 _LOG = logging.getLogger(__name__)
 
-_READS = frozenset({1, 2, 3, 4})
 _SINGLE_WRITES = frozenset({5, 6})  # pymodbus reads these back for the echo: one more action call
 _ADDRESS_REGISTER = 0x0064  # WP8024: slave address
 _LINE_REGISTER = 0x0065  # WP8024: 1..8 = 4800..38400 baud, 8N1 (1..4) or 8E1 (5..8)
 _LINE_CODES = {("N", 4800): 1, ("N", 9600): 2, ("N", 19200): 3, ("N", 38400): 4}
 _LINE_CODES |= {("E", 4800): 5, ("E", 9600): 6, ("E", 19200): 7, ("E", 38400): 8}
-
-
-@dataclass
-class ModbusFaults:
-    """Faults every simulated Modbus device can show (see the module docstring)."""
-
-    silent: bool = False
-    delay_s: float = 0.0
-    garbage: bool = False
-    bad_crc: bool = False
 
 
 @dataclass
@@ -81,192 +66,11 @@ class PwmFaults(ModbusFaults):
     out_of_range: bool = False
 
 
-class _Refusal(ModbusPDU):
-    """Stands in for a request the device refuses: its only effect is the exception answer.
+class _SimulatedActuator(ModbusDeviceServer):
+    """A device whose requests go to `_model`: writes move the physical state, reads serve it.
 
-    Needed for bit ranges: pymodbus keeps coils and discrete inputs in 16-bit words, so it
-    would serve coils 4..15 of a 4-coil device, and its ``action`` hook is not told how many
-    bits a read asks for. The request itself is checked in the ``trace_pdu`` hook instead.
+    pymodbus' echo of FC 05/06 (a second ``action`` call) is neither counted nor modelled.
     """
-
-    def __init__(self, request: ModbusPDU, code: ExcCodes) -> None:
-        super().__init__(dev_id=request.dev_id, transaction_id=request.transaction_id)
-        self.function_code = request.function_code
-        self._code = code
-
-    async def datastore_update(self, context: Any, device_id: int) -> ModbusPDU:
-        return ExceptionResponse(self.function_code, self._code)
-
-
-class _SimulatedModbusDevice:
-    """Servers (TCP and/or RTU), unit filtering, fault injection; subclasses add the device."""
-
-    faults: ModbusFaults
-
-    def __init__(self, *, unit_id: int, name: str) -> None:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit_id must be 1..247, got {unit_id!r}")
-        self._unit_id = unit_id
-        self._name = name
-        self._servers: list[ModbusBaseServer] = []
-        self._requests: Counter[int] = Counter()
-        self._connections = 0
-        self._stopping = asyncio.Event()
-        self._in_flight = 0
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def unit_id(self) -> int:
-        return self._unit_id
-
-    @property
-    def connections_accepted(self) -> int:
-        """TCP connections accepted since construction (a reconnect shows as +1)."""
-        return self._connections
-
-    def request_count(self, function_code: int | None = None) -> int:
-        """Requests that reached the device model (all, or of one function code)."""
-        if function_code is None:
-            return sum(self._requests.values())
-        return self._requests[function_code]
-
-    def reset_request_count(self) -> None:
-        self._requests.clear()
-
-    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve Modbus TCP; returns the bound port (useful with ``port=0``)."""
-        server = ModbusTcpServer(
-            self._device(parity="N", baudrate=9600),
-            address=(host, port),
-            trace_pdu=self._trace_pdu,  # type: ignore[arg-type]  # may return None
-            trace_connect=self._trace_connect,
-        )
-        await self._listen(server, f"tcp://{host}:{port}")
-        listener = server.transport
-        if not isinstance(listener, asyncio.Server) or not listener.sockets:
-            self._servers.remove(server)
-            await self._shutdown(server)
-            raise RuntimeError(f"{self._name}: pymodbus did not create a TCP listener")
-        bound = int(listener.sockets[0].getsockname()[1])
-        _LOG.info(
-            "%s: serving Modbus TCP on %s:%d, unit %d", self._name, host, bound, self._unit_id
-        )
-        return bound
-
-    async def start_rtu(
-        self,
-        serial_port: str,
-        baudrate: int = 9600,
-        *,
-        parity: Literal["N", "E", "O"] = "N",
-        stopbits: int = 1,
-        bytesize: int = 8,
-    ) -> None:
-        """Serve Modbus RTU on a serial port (pymodbus' own default would be 19200)."""
-        server = ModbusSerialServer(
-            self._device(parity=parity, baudrate=baudrate),
-            framer=FramerType.RTU,
-            port=serial_port,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            trace_pdu=self._trace_pdu,  # type: ignore[arg-type]  # may return None
-            trace_packet=self._trace_packet,
-        )
-        await self._listen(server, serial_port)
-        _LOG.info(
-            "%s: serving Modbus RTU on %s at %d baud, unit %d",
-            self._name,
-            serial_port,
-            baudrate,
-            self._unit_id,
-        )
-
-    async def drop_connections(self) -> int:
-        """Close every open TCP connection (the server keeps listening); returns how many."""
-        dropped = 0
-        for server in self._servers:
-            if not isinstance(server, ModbusTcpServer):
-                continue  # a serial server's one "connection" is the port: closing it deafens it
-            for connection in list(server.active_connections.values()):
-                connection.close()
-                dropped += 1
-        _LOG.info("%s: dropped %d connection(s)", self._name, dropped)
-        return dropped
-
-    async def stop(self) -> None:
-        """Stop every server and release delayed answers; safe to call more than once."""
-        self._stopping.set()
-        servers, self._servers = self._servers, []
-        for server in servers:
-            await self._shutdown(server)
-        # Let delayed request handlers (pymodbus runs each as a task) finish before returning.
-        for _ in range(100):
-            if not self._in_flight:
-                break
-            await asyncio.sleep(0.01)
-        self._stopping = asyncio.Event()
-
-    # ------------------------------------------------------------------ for subclasses
-
-    def _device(self, *, parity: str, baudrate: int) -> SimDevice:
-        raise NotImplementedError
-
-    def _refusal(self, request: ModbusPDU) -> ExcCodes | None:
-        """Exception code for a request the device refuses outright, else None."""
-        raise NotImplementedError
-
-    async def _model(
-        self,
-        function_code: int,
-        address: int,
-        registers: list[int],
-        set_values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        """Apply a write to the device model / refresh ``registers`` for a read."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ internals
-
-    async def _listen(self, server: ModbusBaseServer, where: str) -> None:
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:  # pymodbus: "Could not start listen"
-            await self._shutdown(server)
-            raise RuntimeError(f"{self._name}: cannot serve on {where}: {exc}") from exc
-        self._servers.append(server)
-
-    async def _shutdown(self, server: ModbusBaseServer) -> None:
-        await server.shutdown()  # type: ignore[no-untyped-call]  # untyped in pymodbus 3.16.1
-        _LOG.debug("%s: server %s stopped", self._name, server)
-
-    def _trace_connect(self, connected: bool) -> None:
-        if connected:
-            self._connections += 1
-
-    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
-        """pymodbus hook on every decoded request and every answer (None = no answer)."""
-        if sending:
-            return _garbled(pdu) if self.faults.garbage else pdu
-        if pdu.dev_id != self._unit_id:
-            # Without this, pymodbus 3.16.1 answers an unknown unit id with 0x04.
-            _LOG.debug("%s: ignoring request for unit %d", self._name, pdu.dev_id)
-            return None
-        if self.faults.silent:
-            _LOG.debug("%s: silent fault: no answer to FC%02d", self._name, pdu.function_code)
-            return None
-        if (code := self._refusal(pdu)) is not None:
-            return _Refusal(pdu, code)
-        return pdu
-
-    def _trace_packet(self, sending: bool, packet: bytes) -> bytes:
-        if sending and self.faults.bad_crc and len(packet) >= 4:
-            return packet[:-1] + bytes([packet[-1] ^ 0xFF])
-        return packet
 
     async def _action(
         self,
@@ -280,7 +84,7 @@ class _SimulatedModbusDevice:
         """SimDevice hook, called after pymodbus' own address / read-only checks."""
         echo = set_values is None and function_code in _SINGLE_WRITES
         if not echo:
-            self._requests[function_code] += 1
+            self._count(function_code)
             await self._maybe_delay()
         try:
             if echo:
@@ -291,32 +95,15 @@ class _SimulatedModbusDevice:
             _LOG.warning("%s: plant callback failed, answering 0x04: %r", self._name, exc)
             return ExcCodes.DEVICE_FAILURE
 
-    async def _maybe_delay(self) -> None:
-        delay_s = self.faults.delay_s
-        if delay_s <= 0:
-            return
-        self._in_flight += 1
-        try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay_s):
-                    await self._stopping.wait()
-        finally:
-            self._in_flight -= 1
-
-
-def _garbled(pdu: ModbusPDU) -> ModbusPDU:
-    """An answer that frames correctly but does not fit its request."""
-    if pdu.isError():
-        return pdu
-    if pdu.function_code in (1, 2):
-        pdu.bits = []  # byte count 0
-    elif pdu.function_code in (3, 4):
-        pdu.registers = []  # byte count 0
-    elif pdu.function_code in (5, 6):
-        pdu.address = (pdu.address + 1) & 0xFFFF  # echo of another address
-    elif pdu.function_code in (15, 16):
-        pdu.count += 1
-    return pdu
+    async def _model(
+        self,
+        function_code: int,
+        address: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """Apply a write to the device model / refresh ``registers`` for a read."""
+        raise NotImplementedError
 
 
 def _bits_to_word(bits: tuple[bool, ...]) -> int:
@@ -326,7 +113,7 @@ def _bits_to_word(bits: tuple[bool, ...]) -> int:
 # --------------------------------------------------------------------------- relay module
 
 
-class RelayModuleSimulator(_SimulatedModbusDevice):
+class RelayModuleSimulator(_SimulatedActuator):
     """A WP8024ADAM: ``on_change(relays)`` is told every contact change, ``inputs()`` is read
     at every FC 02 request (8 bools, DI_01 first, True = active).
 
@@ -354,7 +141,8 @@ class RelayModuleSimulator(_SimulatedModbusDevice):
         """The contacts as they are (RY1 first), whatever was last written."""
         return self._relays
 
-    def _device(self, *, parity: str, baudrate: int) -> SimDevice:
+    def _device(self, *, parity: str | None, baudrate: int | None) -> SimDevice:
+        line = (parity or "N", baudrate or 9600)  # TCP: the factory default line
         coils = [SimData(FIRST_COIL, values=[False] * RELAY_COUNT, datatype=DataType.BITS)]
         inputs = [
             SimData(
@@ -364,7 +152,7 @@ class RelayModuleSimulator(_SimulatedModbusDevice):
         holding = [
             SimData(
                 _ADDRESS_REGISTER,
-                values=[self._unit_id, _LINE_CODES.get((parity, baudrate), 0)],
+                values=[self._unit_id, _LINE_CODES.get(line, 0)],
                 datatype=DataType.REGISTERS,
                 readonly=True,  # changing address or baud rate is not simulated
             )
@@ -434,7 +222,7 @@ class RelayModuleSimulator(_SimulatedModbusDevice):
 # --------------------------------------------------------------------------- PWM controller
 
 
-class PwmControllerSimulator(_SimulatedModbusDevice):
+class PwmControllerSimulator(_SimulatedActuator):
     """A PWM power controller with one holding register (0..full scale); ``on_change(pct)`` is
     told every change of the output level. Writes beyond full scale are refused (0x03).
 
@@ -466,7 +254,7 @@ class PwmControllerSimulator(_SimulatedModbusDevice):
     def raw(self) -> int:
         return self._raw
 
-    def _device(self, *, parity: str, baudrate: int) -> SimDevice:
+    def _device(self, *, parity: str | None, baudrate: int | None) -> SimDevice:
         holding = [SimData(self._register.address, values=0, datatype=DataType.REGISTERS)]
         no_bits = [SimData(0, values=False, datatype=DataType.BITS)]
         return SimDevice(

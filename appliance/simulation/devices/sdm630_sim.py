@@ -10,26 +10,24 @@ Serves the map of ``models/devices/sdm630.yaml`` (the same table the driver deco
 * anything else: exception 0x02 (unmapped address, or a write), 0x01 (coil / discrete input
   functions), 0x04 if ``source()`` raises or returns a value the register cannot hold;
 * requests for another unit id get no answer, as on an RS485 line.
+
+Transport, request counts and faults (``sim.faults``) are those of
+`appliance.simulation.devices.modbus_server`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Literal
 
 from pymodbus.constants import ExcCodes
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from appliance.drivers.base import MeterReading
 from appliance.drivers.sdm630 import RegisterDef, Sdm630Map, encode_value, load_sdm630_map
+from appliance.simulation.devices.modbus_server import ModbusDeviceServer
 
 _LOG = logging.getLogger(__name__)
 
@@ -82,7 +80,7 @@ def _runs(addresses: Iterable[int]) -> list[tuple[int, int]]:
     return runs
 
 
-class Sdm630Simulator:
+class Sdm630Simulator(ModbusDeviceServer):
     """An SDM630 on Modbus TCP and/or RTU; values come from ``source()`` at each read.
 
     Several servers (e.g. one TCP and one RTU) may run at once; `stop` ends them all.
@@ -97,113 +95,14 @@ class Sdm630Simulator:
         serial_number: int = 12345678,
         register_map: Sdm630Map | None = None,
     ) -> None:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit_id must be 1..247, got {unit_id!r}")
+        super().__init__(unit_id=unit_id, name=name)
         self._source = source
-        self._unit_id = unit_id
-        self._name = name
         self._serial_number = serial_number
         self._map = register_map or load_sdm630_map()
-        self._servers: list[ModbusBaseServer] = []
-        self._requests: Counter[int] = Counter()
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def unit_id(self) -> int:
-        return self._unit_id
-
-    def request_count(self, function_code: int | None = None) -> int:
-        """Requests that passed the address checks (all, or of one function code)."""
-        if function_code is None:
-            return sum(self._requests.values())
-        return self._requests[function_code]
-
-    def reset_request_count(self) -> None:
-        self._requests.clear()
-
-    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve Modbus TCP; returns the bound port (useful with ``port=0``)."""
-        server = ModbusTcpServer(
-            self._device(baudrate=None),
-            address=(host, port),
-            trace_pdu=self._only_our_unit,  # type: ignore[arg-type]  # may return None
-        )
-        await self._listen(server, f"tcp://{host}:{port}")
-        listener = server.transport
-        if not isinstance(listener, asyncio.Server) or not listener.sockets:
-            self._servers.remove(server)
-            await self._shutdown(server)
-            raise RuntimeError(f"{self._name}: pymodbus did not create a TCP listener")
-        bound = int(listener.sockets[0].getsockname()[1])
-        _LOG.info(
-            "%s: serving Modbus TCP on %s:%d, unit %d", self._name, host, bound, self._unit_id
-        )
-        return bound
-
-    async def start_rtu(
-        self,
-        serial_port: str,
-        baudrate: int = 9600,
-        *,
-        parity: Literal["N", "E", "O"] = "N",
-        stopbits: int = 1,
-        bytesize: int = 8,
-    ) -> None:
-        """Serve Modbus RTU on a serial port (pymodbus' own default would be 19200)."""
-        server = ModbusSerialServer(
-            self._device(baudrate=baudrate),
-            framer=FramerType.RTU,
-            port=serial_port,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            trace_pdu=self._only_our_unit,  # type: ignore[arg-type]  # may return None
-        )
-        await self._listen(server, serial_port)
-        _LOG.info(
-            "%s: serving Modbus RTU on %s at %d baud, unit %d",
-            self._name,
-            serial_port,
-            baudrate,
-            self._unit_id,
-        )
-
-    async def stop(self) -> None:
-        """Stop every server (closes their connections); safe to call more than once."""
-        servers, self._servers = self._servers, []
-        for server in servers:
-            await self._shutdown(server)
 
     # ------------------------------------------------------------------ internals
 
-    async def _listen(self, server: ModbusBaseServer, where: str) -> None:
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:  # pymodbus: "Could not start listen"
-            await self._shutdown(server)
-            raise RuntimeError(f"{self._name}: cannot serve on {where}: {exc}") from exc
-        self._servers.append(server)
-
-    async def _shutdown(self, server: ModbusBaseServer) -> None:
-        await server.shutdown()  # type: ignore[no-untyped-call]  # untyped in pymodbus 3.16.1
-        _LOG.debug("%s: server %s stopped", self._name, server)
-
-    def _only_our_unit(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
-        """trace_pdu hook: drop requests for other unit ids (None = no response).
-
-        Without it pymodbus 3.16.1 answers an unknown unit id with exception 0x04 (its
-        SimCore raises KeyError, which the request handler turns into DEVICE_FAILURE).
-        """
-        if sending or pdu.dev_id == self._unit_id:
-            return pdu
-        _LOG.debug("%s: ignoring request for unit %d", self._name, pdu.dev_id)
-        return None
-
-    def _device(self, *, baudrate: int | None) -> SimDevice:
+    def _device(self, *, parity: str | None, baudrate: int | None) -> SimDevice:
         holding_values = {"node_address": float(self._unit_id)}
         if baudrate in _BAUD_CODES:
             holding_values["baud_rate"] = float(_BAUD_CODES[baudrate])
@@ -253,7 +152,8 @@ class Sdm630Simulator:
             return ExcCodes.ILLEGAL_FUNCTION
         if set_values is not None:  # every register is read-only; defensive
             return ExcCodes.ILLEGAL_ADDRESS
-        self._requests[function_code] += 1
+        self._count(function_code)
+        await self._maybe_delay()
         if function_code == _FC_READ_INPUT:
             # No await below: the whole image is replaced before pymodbus slices the answer.
             try:

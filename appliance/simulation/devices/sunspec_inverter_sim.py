@@ -25,25 +25,21 @@ Behaviour (what a driver can rely on):
 Faults (``sim.faults``): ``silent`` (no answer), ``delay_s`` (answer late), ``garbage`` (TCP: a
 well-framed answer one register short / a write echo with a wrong count; RTU: a broken CRC),
 ``out_of_range`` (701 ``W`` = 32767 x 10^W_SF and SoC = 200 %), and `drop_connections()`.
+Transport, unit filter, request counts and the other faults are those of
+`appliance.simulation.devices.modbus_server`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from pymodbus.constants import ExcCodes
-from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from appliance.drivers.sunspec_inverter import (
@@ -59,6 +55,7 @@ from appliance.drivers.sunspec_inverter import (
     encode_string,
     load_sunspec_models,
 )
+from appliance.simulation.devices.modbus_server import ModbusDeviceServer, ModbusFaults
 from appliance.simulation.plant import NodeState
 
 _LOG = logging.getLogger(__name__)
@@ -113,12 +110,9 @@ def inverter_values_from_node(node: NodeState) -> InverterValues:
 
 
 @dataclass
-class InverterFaults:
+class InverterFaults(ModbusFaults):
     """Faults to inject; change them at any time, they apply from the next request."""
 
-    silent: bool = False
-    delay_s: float = 0.0
-    garbage: bool = False
     out_of_range: bool = False
 
 
@@ -128,7 +122,7 @@ class _Refused(Exception):
         self.code = code
 
 
-class SunSpecInverterSimulator:
+class SunSpecInverterSimulator(ModbusDeviceServer):
     """A SunSpec battery inverter on Modbus TCP and/or RTU.
 
     ``power_sf`` is the scale factor of every power point (701 W_SF, 702 W_SF, 704 WSet_SF,
@@ -136,6 +130,8 @@ class SunSpecInverterSimulator:
     rating in an int16. ``revert_time_scale`` is real seconds per second of
     ``WSetRvrtTms`` (tests use 0.1). ``served_models`` lets a test leave models out.
     """
+
+    faults: InverterFaults
 
     def __init__(
         self,
@@ -154,12 +150,9 @@ class SunSpecInverterSimulator:
         served_models: Sequence[int] = MODEL_IDS,
         models: Mapping[int, SunSpecModel] | None = None,
     ) -> None:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit_id must be 1..247, got {unit_id!r}")
+        super().__init__(unit_id=unit_id, name=name)
         self._source = node_source
         self._on_setpoint = on_setpoint
-        self._unit_id = unit_id
-        self._name = name
         self._models = models or load_sunspec_models()
         self._rated_w = rated_power_w
         self._rated_charge_w = rated_charge_w if rated_charge_w is not None else rated_power_w
@@ -173,9 +166,6 @@ class SunSpecInverterSimulator:
         self._time_scale = revert_time_scale
         self.faults = InverterFaults()
         self.reversions = 0
-        self._servers: list[ModbusBaseServer] = []
-        self._requests: Counter[int] = Counter()
-        self._stopping = asyncio.Event()
         self._revert_handle: asyncio.TimerHandle | None = None
         self._revert_deadline: float | None = None  # loop time
         self._started = time.monotonic()
@@ -196,76 +186,10 @@ class SunSpecInverterSimulator:
         """Address of the model's ID register (KeyError if not served)."""
         return self._addresses[model_id]
 
-    def request_count(self, function_code: int | None = None) -> int:
-        if function_code is None:
-            return sum(self._requests.values())
-        return self._requests[function_code]
-
-    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve Modbus TCP; returns the bound port (useful with ``port=0``)."""
-        server = ModbusTcpServer(
-            self._device(),
-            address=(host, port),
-            trace_pdu=self._trace_pdu,  # type: ignore[arg-type]  # may return None
-            trace_packet=functools.partial(self._trace_packet, rtu=False),
-        )
-        await self._listen(server, f"tcp://{host}:{port}")
-        listener = server.transport
-        if not isinstance(listener, asyncio.Server) or not listener.sockets:
-            self._servers.remove(server)
-            await self._shutdown(server)
-            raise RuntimeError(f"{self._name}: pymodbus did not create a TCP listener")
-        bound = int(listener.sockets[0].getsockname()[1])
-        _LOG.info("%s: SunSpec on tcp://%s:%d, unit %d", self._name, host, bound, self._unit_id)
-        return bound
-
-    async def start_rtu(
-        self,
-        serial_port: str,
-        baudrate: int = 9600,
-        *,
-        parity: Literal["N", "E", "O"] = "N",
-        stopbits: int = 1,
-        bytesize: int = 8,
-    ) -> None:
-        """Serve Modbus RTU on a serial port (pymodbus' own default would be 19200)."""
-        server = ModbusSerialServer(
-            self._device(),
-            framer=FramerType.RTU,
-            port=serial_port,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            bytesize=bytesize,
-            trace_pdu=self._trace_pdu,  # type: ignore[arg-type]  # may return None
-            trace_packet=functools.partial(self._trace_packet, rtu=True),
-        )
-        await self._listen(server, serial_port)
-        _LOG.info(
-            "%s: SunSpec on %s at %d baud, unit %d",
-            self._name,
-            serial_port,
-            baudrate,
-            self._unit_id,
-        )
-
-    async def drop_connections(self) -> int:
-        """Close every open TCP connection (the servers keep listening); returns how many."""
-        dropped = 0
-        for server in self._servers:
-            for connection in list(server.active_connections.values()):
-                connection.close()
-                dropped += 1
-        _LOG.info("%s: dropped %d connection(s)", self._name, dropped)
-        return dropped
-
     async def stop(self) -> None:
         """Stop every server and the reversion timer; safe to call more than once."""
-        self._stopping.set()  # wakes requests held by faults.delay_s
         self._cancel_revert()
-        servers, self._servers = self._servers, []
-        for server in servers:
-            await self._shutdown(server)
+        await super().stop()
 
     # ------------------------------------------------------------------ image
 
@@ -389,7 +313,7 @@ class SunSpecInverterSimulator:
 
     # ------------------------------------------------------------------ requests
 
-    def _device(self) -> SimDevice:
+    def _device(self, *, parity: str | None, baudrate: int | None) -> SimDevice:
         block = SimData(
             SUNSPEC_BASE_ADDRESS, count=len(self._image), values=0, datatype=DataType.REGISTERS
         )
@@ -405,13 +329,10 @@ class SunSpecInverterSimulator:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         """SimDevice hook, called after pymodbus' address checks."""
-        if self.faults.delay_s > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.faults.delay_s):
-                    await self._stopping.wait()
+        await self._maybe_delay()
         if function_code not in (_FC_READ, _FC_WRITE_ONE, _FC_WRITE_MANY):
             return ExcCodes.ILLEGAL_FUNCTION
-        self._requests[function_code] += 1
+        self._count(function_code)
         try:
             if set_values is None:
                 self._refresh()
@@ -548,20 +469,12 @@ class SunSpecInverterSimulator:
 
     # ------------------------------------------------------------------ transport hooks
 
-    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
-        """Drop requests for other unit ids, and every request while ``faults.silent``.
-
-        Without the unit filter pymodbus 3.16.1 answers an unknown unit id with exception 0x04.
-        """
-        if sending:
-            return pdu
-        if pdu.dev_id != self._unit_id or self.faults.silent:
-            return None
-        return pdu
+    def _garbled(self, answer: ModbusPDU) -> ModbusPDU:
+        return answer  # garbage is made frame by frame, in _trace_packet
 
     def _trace_packet(self, sending: bool, packet: bytes, *, rtu: bool) -> bytes:
         if not sending or not self.faults.garbage or len(packet) < 4:
-            return packet
+            return super()._trace_packet(sending, packet, rtu=rtu)
         if rtu:
             return packet[:-1] + bytes([packet[-1] ^ 0xFF])  # broken CRC
         function_code = packet[7]
@@ -580,15 +493,3 @@ class SunSpecInverterSimulator:
                 2, "big"
             )
         return packet
-
-    async def _listen(self, server: ModbusBaseServer, where: str) -> None:
-        self._stopping.clear()
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:  # pymodbus: "Could not start listen"
-            await self._shutdown(server)
-            raise RuntimeError(f"{self._name}: cannot serve on {where}: {exc}") from exc
-        self._servers.append(server)
-
-    async def _shutdown(self, server: ModbusBaseServer) -> None:
-        await server.shutdown()  # type: ignore[no-untyped-call]  # untyped in pymodbus 3.16.1
