@@ -404,6 +404,23 @@ class ControlConfig:
     #: Below this fraction of 230 V the site is taken to be off grid (0.6: 230 V - 40 %).
     off_grid_voltage_fraction: float = field(default=0.6, metadata=rule(min=0, max=1))
     initial_mode: Literal["stop", "activate", "maxself", "chargeonly"] = "stop"
+    #: The grid meter's averaging window; the inverters' power is averaged over the same span
+    #: (balancing profile). 0.5 s for an SDM630 polled every 500 ms, 1.0 for a 1 s meter.
+    meter_window_s: float = field(default=0.5, metadata=rule(min=0.1, max=10))
+    #: Grid-code power ramps (grid_code_ramp_per_cycle); switched off on entering maxself.
+    grid_code_ramps: bool = False
+    #: spec profile: the integral is also multiplied by this on multi-device sites.
+    sync_factor: float = field(default=1.0, metadata=rule(min=0.5, max=1.0))
+    #: Derivative time of the global PID (0: no D term).
+    kd_s: float = field(default=0.0, metadata=rule(min=0, max=10))
+    #: Battery safety floor = the node's min_cell_voltage_v + this margin.
+    safety_floor_margin_v: float = field(default=0.05, metadata=rule(min=0, max=0.5))
+    #: Emergency recharge power as a fraction of the node's max_charge_w.
+    emergency_recharge_fraction: float = field(default=0.2, metadata=rule(min=0.01, max=1))
+    #: Period of the cluster status record (active power, SoC, mode) for telemetry.
+    telemetry_interval_s: float = field(default=10.0, metadata=rule(min=1, max=3600))
+    #: Who takes PV surplus first: the battery or the surplus loads.
+    surplus_priority: Literal["battery", "loads"] = "battery"
 
     def cross_check(self) -> Iterator[tuple[FieldPath, str]]:
         start, stop = self.soc_balance_start_pct, self.soc_balance_stop_pct

@@ -18,15 +18,18 @@ from appliance.clock import Clock, SystemClock
 from appliance.config.schema import SiteConfig
 from appliance.control.command_types import CommandRequest, CommandResult
 from appliance.control.commands import validate_command
+from appliance.control.site import SiteController
+from appliance.control.site_io import ClusterTelemetry, ControlOutputs
 from appliance.runtime.devices import Devices, build_devices
 from appliance.runtime.poller import Poller
+from appliance.runtime.site_inputs import SiteInputsBuilder
 from appliance.runtime.site_table import site_point_table
 from appliance.store import DataStore, Quality
 
 log = logging.getLogger(__name__)
 
-_MODES = {"stop": 0, "activate": 1, "maxself": 2, "chargeonly": 3}
 _STATUS_RUNNING, _STATUS_DEGRADED = 1, 2
+_INITIAL_MODES = {"stop": 0, "activate": 1, "maxself": 2, "chargeonly": 3}
 
 
 @dataclass
@@ -60,6 +63,14 @@ class Core:
         self.face_restarts = 0
         # Called after every cycle, in order: the faces' feed and command intake hook in here.
         self.cycle_hooks: list[Callable[[], None]] = []
+        self.controller = SiteController.from_site(config)
+        self.inputs = SiteInputsBuilder(
+            self.store,
+            [node.limits for node in config.devices.battery_nodes],
+            len(config.devices.surplus_loads),
+        )
+        self.telemetry: ClusterTelemetry | None = None
+        self._last_violations: tuple[str, ...] = ()
         self._initialise_points()
 
     def _initialise_points(self) -> None:
@@ -67,24 +78,31 @@ class Core:
         self.store.put_many(
             {
                 "appliance.status": 0,
-                "controller.mode": _MODES[control.initial_mode],
-                "controller.state": _MODES[control.initial_mode],
                 "controller.profile": 0 if control.profile == "balancing" else 1,
+                # Shown from the start; the controller publishes them every cycle after.
+                "controller.mode": _INITIAL_MODES[control.initial_mode],
                 "controller.grid_target": control.grid_target_w,
                 "controller.reserve_soc": control.reserve_soc_pct,
                 "heartbeat.timeout": control.heartbeat_timeout_s,
-                "heartbeat.ok": False,
             }
         )
 
     # -- the cycle ---------------------------------------------------------------
 
     def cycle(self, lateness_s: float) -> None:
-        """One control cycle. Pure bookkeeping and arithmetic: never awaits, never blocks."""
+        """One control cycle: process image in, controller step, setpoints out.
+
+        Never awaits and never blocks: setpoints go to per-inverter writers that send them
+        on their own tasks, and values go to the store.
+        """
         self.stats.record(lateness_s, self.period_s)
         self.alive_counter = (self.alive_counter + 1) % 0xFFFFFFFF
+        outputs = self.controller.step(self.inputs.build(self.clock.monotonic(), self.clock.time()))
+        self._actuate(outputs)
+        self.store.put_many(outputs.point_values)
+        if outputs.telemetry is not None:
+            self.telemetry = outputs.telemetry
         self._derive_house_consumption()
-        self._supervise_heartbeat()
         degraded = any(not p.up for p in self.pollers)
         self.store.put_many(
             {
@@ -97,8 +115,22 @@ class Core:
             }
         )
 
+    def _actuate(self, outputs: ControlOutputs) -> None:
+        if outputs.violations and outputs.violations != self._last_violations:
+            log.warning(
+                "control: constraint check corrected the command: %s", "; ".join(outputs.violations)
+            )
+        self._last_violations = outputs.violations
+        for index, setpoint_w in enumerate(outputs.node_setpoints_w, start=1):
+            writer = self.devices.inverter_writers.get(index)
+            if writer is not None:
+                # Written every cycle: it also restarts the inverter's revert timer.
+                writer.submit(setpoint_w)
+
     def _derive_house_consumption(self) -> None:
         """House = grid import + PV production + battery discharge, only from fresh inputs."""
+        if self.config.devices.consumption_clamp is not None:
+            return  # measured directly
         grid_ok, grid_w = self.store.read_fresh("grid.active_power")
         pv_ok, pv_w = self.store.read_fresh("pv.active_power")
         inverters = [
@@ -114,20 +146,13 @@ class Core:
                 "house.active_power", float(grid_w or 0.0) + float(pv_w or 0.0) + battery_w
             )
 
-    def _supervise_heartbeat(self) -> None:
-        last = self.store.get("heartbeat.last_time")
-        ok = (
-            last.value is not None
-            and self.clock.time() - float(last.value) <= self.config.control.heartbeat_timeout_s
-        )
-        if self.store.get("heartbeat.ok").value != ok:
-            self.store.put("heartbeat.ok", ok)
-
     # -- commands ----------------------------------------------------------------
 
     def handle_command(self, request: CommandRequest) -> CommandResult:
-        """Validate, then apply; the faces report the result to their client."""
+        """Check against the point, then against the state machine; apply when both accept."""
         result = validate_command(self.table, request)
+        if result.accepted:
+            result = self.controller.command(request, self.clock.monotonic())
         if not result.accepted:
             log.info(
                 "command %s from %s rejected: %s", request.command, request.source, result.reason
@@ -138,6 +163,7 @@ class Core:
                 {"heartbeat.counter": request.value, "heartbeat.last_time": int(self.clock.time())}
             )
         elif request.point_id is not None and request.value is not None:
+            # Shown at once; the controller publishes the value it uses from the next cycle.
             self.store.put(request.point_id, request.value)
         log.info(
             "command %s from %s accepted (%s = %s)",

@@ -111,7 +111,11 @@ async def test_opcua_commands_cross_the_process_boundary_with_per_item_codes(
     sim_config_file: Path, sim_ports: dict[int, int], tmp_path: Path
 ) -> None:
     """OPC UA write in the faces process -> the core validates and applies -> answer per item."""
-    from asyncua import Client, ua  # noqa: PLC0415 - only this test needs the client
+    from asyncua import ua  # noqa: PLC0415 - only this test needs the client
+    from asyncua.client.client import Client  # noqa: PLC0415
+    from asyncua.ua.uaerrors import UaStatusCodeError  # noqa: PLC0415
+
+    from appliance.northbound.opcua.uatypes import StatusCodes  # noqa: PLC0415
 
     process = start(sim_config_file, tmp_path)
     try:
@@ -128,9 +132,9 @@ async def test_opcua_commands_cross_the_process_boundary_with_per_item_codes(
             ns = await client.get_namespace_index("urn:appliance:simulated")
             target = client.get_node(f"ns={ns};s=Site.Controller.GridTargetPower")
             await target.write_value(ua.DataValue(ua.Variant(-300.0, ua.VariantType.Double)))
-            with pytest.raises(ua.UaStatusCodeError) as refused:
+            with pytest.raises(UaStatusCodeError) as refused:
                 await target.write_value(ua.DataValue(ua.Variant(5e6, ua.VariantType.Double)))
-            assert refused.value.code == ua.StatusCodes.BadOutOfRange
+            assert refused.value.code == StatusCodes.BadOutOfRange
             # The accepted value comes back from the core through the faces' feed.
             for _ in range(40):
                 if await target.read_value() == -300.0:
