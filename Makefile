@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test check lint typecheck pytest docs clean
+.PHONY: run test check lint typecheck pytest bench-check docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ run: $(RUN_STAMP)
 ## test: install what the tests need, then lint, type-check and run the whole suite
 test: $(TEST_STAMP)
 	bash scripts/install-test-servers.sh
-	$(MAKE) --no-print-directory check pytest
+	$(MAKE) --no-print-directory check pytest bench-check
+
+## bench-check: the control benchmark's goals for the default profile (deterministic, ~10 s)
+bench-check: $(TEST_STAMP)
+	$(BIN)/python bench/control.py --check
 
 check: lint typecheck
 
