@@ -52,7 +52,7 @@ async def test_down_and_back_marks_points_and_logs_once_each_way(
     assert store.get("grid.comm_ok").value is True
     meter.down = True
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="appliance.runtime.poller"):
         for _ in range(5):
             assert not await poller.poll_once()
     assert store.get("grid.active_power").quality is Quality.BAD
@@ -67,11 +67,10 @@ async def test_down_and_back_marks_points_and_logs_once_each_way(
     assert "grid_meter" in errors[0].getMessage()
     meter.down, meter.power_w = False, 650.0
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="appliance.runtime.poller"):
         assert await poller.poll_once()
-    assert [r.getMessage() for r in caplog.records] == [
-        "grid_meter: answering again after 5 failed poll(s)"
-    ]
+    mine = [r.getMessage() for r in caplog.records if r.name == "appliance.runtime.poller"]
+    assert mine == ["grid_meter: answering again after 5 failed poll(s)"]
     assert store.read_fresh("grid.active_power") == (True, 650.0)
 
 
@@ -105,14 +104,14 @@ async def test_event_driven_device_waits_quietly_for_its_first_frame(
     poller = Poller(
         "bms", meter.read, store, ["grid.active_power"], interval_s=0.5, startup_grace_s=5.0
     )
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="appliance.runtime.poller"):
         assert not await poller.poll_once()
         clock.advance(4.0)
         assert not await poller.poll_once()
     assert store.get("grid.active_power").quality is Quality.WAITING  # not yet a failure
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     clock.advance(1.5)  # the grace is over: now it is a device that does not answer
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="appliance.runtime.poller"):
         assert not await poller.poll_once()
     assert store.get("grid.active_power").quality is Quality.BAD
     assert [r.levelno for r in caplog.records].count(logging.ERROR) == 1
