@@ -194,11 +194,17 @@ class Core:
         while True:
             now = loop.time()
             lateness = max(0.0, now - scheduled)
+            overrun = lateness >= self.period_s
+            if overrun:
+                log.warning(
+                    "control cycle started %.0f ms late: overrun %d since start",
+                    lateness * 1000,
+                    self.stats.overruns + 1,
+                )
             self.cycle(lateness)
             for hook in self.cycle_hooks:
                 hook()
-            scheduled += self.period_s
-            if loop.time() > scheduled:  # overran: resynchronise instead of bursting
-                missed = math.floor((loop.time() - scheduled) / self.period_s) + 1
-                scheduled += missed * self.period_s
-            await asyncio.sleep(scheduled - loop.time())
+            # After an overrun the schedule restarts from this cycle: the missed cycles are
+            # counted above, not run as a burst of catch-up cycles.
+            scheduled = (now if overrun else scheduled) + self.period_s
+            await asyncio.sleep(max(0.0, scheduled - loop.time()))

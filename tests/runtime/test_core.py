@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -112,3 +115,28 @@ async def test_accepted_setpoint_command_updates_the_point(core: Core) -> None:
     result = core.handle_command(request("set_grid_target", "controller.grid_target", -300.0))
     assert result.accepted
     assert core.store.get("controller.grid_target").value == -300.0
+
+
+async def test_a_blocked_loop_is_counted_and_logged_as_an_overrun(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The schedule resynchronises after an overrun instead of running catch-up cycles."""
+    core.period_s = 0.05
+    blocked = False
+
+    def block_once() -> None:
+        nonlocal blocked
+        if not blocked:
+            blocked = True
+            time.sleep(0.16)  # the cycle's thread is held for more than three periods
+
+    core.cycle_hooks.append(block_once)
+    task = asyncio.create_task(core.run_cycles())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert core.stats.overruns == 1
+    assert any("overrun 1 since start" in r.getMessage() for r in caplog.records)
+    # No burst: about 0.5 s / 0.05 s = 10 cycles minus the ~3 skipped, not 10 plus catch-up.
+    assert core.stats.cycles <= 10
