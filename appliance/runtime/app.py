@@ -114,6 +114,10 @@ async def _run(config: SiteConfig, simulate: bool) -> int:
             asyncio.create_task(w.run(), name=f"actuate[{w.name}]")
             for w in core.devices.inverter_writers.values()
         ]
+        tasks += [
+            asyncio.create_task(w.run(), name=f"actuate[{w.name}]")
+            for w in core.devices.load_writers.values()
+        ]
         tasks.append(asyncio.create_task(core.run_cycles(), name="control.cycle"))
         print(endpoints_text(config, simulate), flush=True)
         stopping = asyncio.create_task(stop.wait(), name="appliance.stop")
@@ -138,10 +142,11 @@ async def _run(config: SiteConfig, simulate: bool) -> int:
 
 
 async def _write_safe_setpoints(core: Core) -> None:
-    """0 W to every inverter before exit; their revert timeout covers a write that fails."""
+    """0 W to every inverter and every surplus relay open before exit.
+
+    An inverter whose write fails falls back by its own revert timeout.
+    """
     writers = list(core.devices.inverter_writers.values())
-    if not writers:
-        return
     results = await asyncio.gather(*(w.write_safe(0.0) for w in writers))
     for writer, ok in zip(writers, results, strict=True):
         if ok:
@@ -150,6 +155,11 @@ async def _write_safe_setpoints(core: Core) -> None:
             log.warning(
                 "%s: 0 W not written at shutdown; its revert timeout will apply", writer.name
             )
+    loads = core.config.devices.surplus_loads
+    for index, relays in core.devices.load_writers.items():
+        channels = len(loads[index - 1].channels)
+        if not await relays.write_safe((False,) * channels):
+            log.warning("%s: relays not opened at shutdown", relays.name)
 
 
 def run_appliance(config: SiteConfig, *, simulate: bool) -> int:

@@ -126,6 +126,10 @@ class Core:
             if writer is not None:
                 # Written every cycle: it also restarts the inverter's revert timer.
                 writer.submit(setpoint_w)
+        for load in outputs.loads:
+            relays = self.devices.load_writers.get(load.index)
+            if relays is not None:
+                relays.submit(load.relays)
 
     def _derive_house_consumption(self) -> None:
         """House = grid import + PV production + battery discharge, only from fresh inputs."""

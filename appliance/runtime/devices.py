@@ -17,6 +17,7 @@ from appliance.config.schema import (
     MeterConfig,
     SerialConnection,
     SiteConfig,
+    SurplusLoadConfig,
     TcpConnection,
     ZigbeeConnection,
 )
@@ -26,6 +27,7 @@ from appliance.drivers.inverter_types import InverterReading
 from appliance.drivers.modbus_link import ModbusLink
 from appliance.drivers.pc321_clamp import ClampReading, Pc321Clamp
 from appliance.drivers.pylontech_can import BmsReading, PylontechCanBms
+from appliance.drivers.relay_module import RelayModule, RelayState, relay_coil
 from appliance.drivers.sdm630 import Sdm630Meter
 from appliance.drivers.sml_meter import SmlMeter, SmlReading
 from appliance.drivers.sunspec_inverter import SunSpecInverter
@@ -33,6 +35,7 @@ from appliance.drivers.zigbee_app import start_radio_application, stop_applicati
 from appliance.errors import ConfigError
 from appliance.runtime.actuators import LatestValueWriter
 from appliance.runtime.poller import Measurement, Poller
+from appliance.runtime.site_table import MAX_SURPLUS_LOADS
 from appliance.store import DataStore, Value
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,9 @@ class Devices:
     """Everything the core talks to, built from the configuration."""
 
     pollers: list[Poller] = field(default_factory=list)
-    inverter_writers: dict[int, LatestValueWriter] = field(default_factory=dict)
+    inverter_writers: dict[int, LatestValueWriter[float]] = field(default_factory=dict)
+    #: Relay contacts per surplus load (1-based load index), in the order of its channels.
+    load_writers: dict[int, LatestValueWriter[tuple[bool, ...]]] = field(default_factory=dict)
     closers: list[Closer] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -263,6 +268,52 @@ class _Builder:
             self.devices.closers.append(stop)
         return self._zigbee_apps[key]
 
+    def surplus_loads(self, loads: tuple[SurplusLoadConfig, ...]) -> None:
+        """One relay module per bus address, shared by the loads wired to it."""
+        modules: dict[
+            tuple[str, object, int], tuple[RelayModule, list[tuple[int, SurplusLoadConfig]]]
+        ] = {}
+        for index, load in enumerate(loads[:MAX_SURPLUS_LOADS], start=1):
+            if load.kind == "pwm_heater":
+                log.warning(
+                    "%s: PWM heater output is not driven by this version; the load stays off",
+                    load.name,
+                )
+                continue
+            _check_channels(load)
+            key = _module_key(load)
+            if key not in modules:
+                modules[key] = (_relay_module(f"relays[{load.name}]", load.connection), [])
+            module, wired = modules[key]
+            wired.append((index, load))
+            self.devices.load_writers[index] = LatestValueWriter(
+                f"{load.name}.relays", _relay_write(module, load), only_changes=True
+            )
+        for module, wired in modules.values():
+            self._relay_poller(module, wired)
+
+    def _relay_poller(
+        self, module: RelayModule, wired: list[tuple[int, SurplusLoadConfig]]
+    ) -> None:
+        async def read_relays() -> Measurement:
+            state = await module.read()
+            values: dict[str, Value | None] = {}
+            for index, load in wired:
+                values.update(load_values(index, load, state))
+            return Measurement(values)
+
+        prefixes = tuple(f"surplus.{index}." for index, _ in wired)
+        point_ids = [
+            p.id
+            for p in self.store.table
+            if p.id.startswith(prefixes) and not p.id.endswith(".mode")
+        ]
+        self.devices.pollers.append(
+            Poller(
+                module.name, read_relays, self.store, point_ids, interval_s=1.0, close=module.close
+            )
+        )
+
     def battery_node(self, index: int, node: BatteryNodeConfig) -> None:
         bms_conn = node.bms.connection
         bms = PylontechCanBms.from_connection(
@@ -302,6 +353,48 @@ class _Builder:
         )
 
 
+def load_values(index: int, load: SurplusLoadConfig, state: RelayState) -> dict[str, Value | None]:
+    """A relay load is on when any of its contacts is closed; its power is the rated power."""
+    on = any(state.relay(channel) for channel in load.channels)
+    prefix = f"surplus.{index}."
+    return {
+        prefix + "active": on,
+        prefix + "power": load.rated_power_w if on else 0.0,
+        prefix + "duty": 100.0 if on else 0.0,
+    }
+
+
+def _module_key(load: SurplusLoadConfig) -> tuple[str, object, int]:
+    connection = load.connection
+    where: object = (
+        (connection.host, connection.port)
+        if isinstance(connection, TcpConnection)
+        else connection.port
+    )
+    return (connection.type, where, connection.unit_id)
+
+
+def _relay_module(name: str, connection: TcpConnection | SerialConnection) -> RelayModule:
+    if isinstance(connection, TcpConnection):
+        return RelayModule.tcp(
+            connection.host,
+            connection.port,
+            unit_id=connection.unit_id,
+            timeout_s=connection.timeout_s,
+            name=name,
+        )
+    return RelayModule.rtu(
+        connection.port,
+        unit_id=connection.unit_id,
+        name=name,
+        baudrate=connection.baudrate,
+        parity=connection.parity,
+        stopbits=connection.stopbits,
+        bytesize=connection.bytesize,
+        timeout_s=connection.timeout_s,
+    )
+
+
 def _inverter_link(name: str, connection: TcpConnection | SerialConnection) -> ModbusLink:
     if isinstance(connection, TcpConnection):
         return ModbusLink.tcp(
@@ -316,6 +409,14 @@ def _inverter_link(name: str, connection: TcpConnection | SerialConnection) -> M
         bytesize=connection.bytesize,
         timeout_s=connection.timeout_s,
     )
+
+
+def _check_channels(load: SurplusLoadConfig) -> None:
+    for channel in load.channels:
+        try:
+            relay_coil(channel)
+        except ValueError as exc:
+            raise ConfigError(f"surplus load {load.name}: channel {channel}: {exc}") from exc
 
 
 def _inverter(config: SiteConfig, node: BatteryNodeConfig) -> SunSpecInverter | GenericInverter:
@@ -335,6 +436,16 @@ def _inverter(config: SiteConfig, node: BatteryNodeConfig) -> SunSpecInverter | 
     return GenericInverter(
         link, register_map, unit_id=unit_id, name=name, revert_timeout_s=settings.revert_timeout_s
     )
+
+
+def _relay_write(
+    module: RelayModule, load: SurplusLoadConfig
+) -> Callable[[tuple[bool, ...]], Awaitable[None]]:
+    async def write(contacts: tuple[bool, ...]) -> None:
+        for channel, on in zip(load.channels, contacts, strict=False):
+            await module.set_relay(channel, on)
+
+    return write
 
 
 def _sdm630(name: str, connection: TcpConnection | SerialConnection) -> Sdm630Meter:
@@ -371,4 +482,5 @@ async def build_devices(config: SiteConfig, store: DataStore) -> Devices:
         log.warning("sml_meter: only used as the grid meter in this version; not read")
     for index, node in enumerate(devices.battery_nodes, start=1):
         builder.battery_node(index, node)
+    builder.surplus_loads(devices.surplus_loads)
     return builder.devices

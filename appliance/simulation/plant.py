@@ -115,6 +115,12 @@ class Plant:
             raise ValueError(f"load offset must be finite, got {watts!r}")
         self._load.set_offset_w(watts)
 
+    def set_switched_load_w(self, name: str, watts: float) -> None:
+        """Switch a named load (e.g. a surplus heater behind a relay) to `watts`; 0 is off."""
+        if not math.isfinite(watts) or watts < 0:
+            raise ValueError(f"switched load must be finite and >= 0, got {watts!r}")
+        self._load.set_switched_w(name, watts)
+
     def force_cell_voltage_low(self, node: int, volts: float | None = 2.6) -> None:
         """Make node `node`'s lowest cell read at most `volts`; None removes the fault.
 

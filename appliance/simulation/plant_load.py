@@ -79,6 +79,7 @@ class Household:
         self._rng = random.Random(f"{params.seed}/load")
         self._wander_w = 0.0
         self._offset_w = 0.0
+        self._switched_w: dict[str, float] = {}
         self._appliances = (
             tuple(
                 Appliance(spec, random.Random(f"{params.seed}/load/{spec.name}"))
@@ -92,6 +93,10 @@ class Household:
         """Add a constant load step (fault injection), split evenly over the phases."""
         self._offset_w = watts
 
+    def set_switched_w(self, name: str, watts: float) -> None:
+        """A switched load (a surplus heater behind a relay) on or off, split over the phases."""
+        self._switched_w[name] = watts
+
     def advance(self, time_s: float, dt_s: float) -> tuple[Phase3, Phase3]:
         """Return (active W, reactive var) per phase at `time_s`, after a step of `dt_s`."""
         if dt_s > 0.0:
@@ -101,7 +106,8 @@ class Household:
             self._wander_w = self._wander_w * a + noise
         base = max(0.0, self._base_w + self._wander_w)
         tan_base = math.tan(math.acos(_BASE_POWER_FACTOR))
-        active = [base * share + self._offset_w / 3.0 for share in _BASE_SPLIT]
+        extra_w = self._offset_w + sum(self._switched_w.values())
+        active = [base * share + extra_w / 3.0 for share in _BASE_SPLIT]
         reactive = [base * share * tan_base for share in _BASE_SPLIT]
         for appliance in self._appliances:
             power = appliance.power_w(time_s)

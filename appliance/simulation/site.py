@@ -24,6 +24,7 @@ from appliance.simulation.devices.pylontech_sim import (
     PylontechSimulator,
     bms_values_from_node,
 )
+from appliance.simulation.devices.relay_module_sim import RelayModuleSimulator
 from appliance.simulation.devices.sdm630_sim import Sdm630Simulator
 from appliance.simulation.devices.socketcand_server import SocketcandServer
 from appliance.simulation.devices.sunspec_inverter_sim import (
@@ -88,6 +89,7 @@ class SimulatedSite:
         self.simulators: list[Sdm630Simulator] = []
         self.bms_simulators: list[PylontechSimulator] = []
         self.inverter_simulators: list[SunSpecInverterSimulator] = []
+        self.relay_simulators: dict[tuple[str, int, int], RelayModuleSimulator] = {}
         self.can_bridges: dict[tuple[str, int], SocketcandServer] = {}
         self.endpoints: list[str] = []
 
@@ -111,6 +113,32 @@ class SimulatedSite:
             self.endpoints.append(f"{name} (SDM630, Modbus TCP) {connection.host}:{port}")
         await self._start_bms()
         await self._start_inverters()
+        await self._start_relay_modules()
+
+    async def _start_relay_modules(self) -> None:
+        """One relay module per address; a closed contact switches its load on in the plant."""
+        wiring: dict[tuple[str, int, int], list[tuple[str, tuple[int, ...], float]]] = {}
+        for load in self.config.devices.surplus_loads:
+            connection = load.connection
+            if load.kind == "pwm_heater" or not isinstance(connection, TcpConnection):
+                log.warning(
+                    "%s: only relay loads on Modbus TCP are simulated; not simulated", load.name
+                )
+                continue
+            _loopback(f"{load.name}.connection.host", connection.host)
+            key = (connection.host, connection.port, connection.unit_id)
+            wiring.setdefault(key, []).append((load.name, load.channels, load.rated_power_w))
+        for (host, port, unit_id), loads in wiring.items():
+            simulator = RelayModuleSimulator(
+                _relay_sink(self.plant, loads),
+                _no_inputs,
+                unit_id=unit_id,
+                name=f"sim.relays:{port}",
+            )
+            bound = await simulator.start_tcp(host, port)
+            self.relay_simulators[(host, port, unit_id)] = simulator
+            names = ", ".join(name for name, _, _ in loads)
+            self.endpoints.append(f"relay module (WP8024, Modbus TCP) {host}:{bound} for {names}")
 
     async def _start_inverters(self) -> None:
         params = self.plant.params
@@ -185,6 +213,9 @@ class SimulatedSite:
             last = now
 
     async def stop(self) -> None:
+        for relays in self.relay_simulators.values():
+            await relays.stop()
+        self.relay_simulators.clear()
         for inverter in self.inverter_simulators:
             await inverter.stop()
         self.inverter_simulators.clear()
@@ -197,6 +228,21 @@ class SimulatedSite:
         self.simulators.clear()
         self.bms_simulators.clear()
         self.can_bridges.clear()
+
+
+def _no_inputs() -> tuple[bool, ...]:
+    return (False,) * 8
+
+
+def _relay_sink(
+    plant: Plant, loads: list[tuple[str, tuple[int, ...], float]]
+) -> Callable[[tuple[bool, ...]], None]:
+    def sink(relays: tuple[bool, ...]) -> None:
+        for name, channels, rated_w in loads:
+            on = any(relays[channel - 1] for channel in channels)
+            plant.set_switched_load_w(name, rated_w if on else 0.0)
+
+    return sink
 
 
 def _inverter_source(plant: Plant, index: int) -> Callable[[], InverterValues]:

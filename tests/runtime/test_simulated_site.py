@@ -20,7 +20,7 @@ from appliance.store import Quality
 
 pytestmark = pytest.mark.slow
 
-MEASURED_BLOCKS = ("grid.", "pv.", "battery.", "inverter.")
+MEASURED_BLOCKS = ("grid.", "pv.", "battery.", "inverter.", "surplus.")
 
 
 async def test_all_device_points_turn_good_within_five_seconds(sim_config_file: Path) -> None:
@@ -36,7 +36,8 @@ async def test_all_device_points_turn_good_within_five_seconds(sim_config_file: 
         expected = [
             p.id
             for p in core.table
-            if p.id.startswith(MEASURED_BLOCKS) and not p.id.endswith(".setpoint")
+            # setpoints and surplus modes are written by the controller and commands, not read
+            if p.id.startswith(MEASURED_BLOCKS) and not p.id.endswith((".setpoint", ".mode"))
         ]
         not_good: list[str] = expected
         while time.monotonic() - started < 5.0:
@@ -58,6 +59,40 @@ async def test_all_device_points_turn_good_within_five_seconds(sim_config_file: 
         for task in [*tasks, stepping]:
             task.cancel()
         for task in [*tasks, stepping]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await core.close()
+        await site.stop()
+
+
+async def test_a_surplus_relay_switched_by_the_core_switches_the_plant_load(
+    sim_config_file: Path,
+) -> None:
+    """Relay write over Modbus TCP -> simulated WP8024 -> plant load; read back as surplus.1.active."""
+    config = load_config(sim_config_file)
+    site = SimulatedSite(config)
+    await site.start()
+    core = Core(config)
+    await core.open_devices()
+    relays = core.devices.load_writers[1]
+    tasks = [asyncio.create_task(p.run(), name=f"poll[{p.name}]") for p in core.pollers]
+    tasks.append(asyncio.create_task(relays.run(), name="actuate[boiler]"))
+    try:
+        before = site.plant.step(0.1).load_w
+        relays.submit((True,))
+        for _ in range(50):
+            if core.store.get("surplus.1.active").value is True:
+                break
+            await asyncio.sleep(0.1)
+        assert core.store.get("surplus.1.active").value is True
+        assert core.store.get("surplus.1.power").value == 2000.0
+        assert site.plant.step(0.1).load_w - before == pytest.approx(2000.0, abs=300.0)
+        assert await relays.write_safe((False,))
+        assert site.plant.step(0.1).load_w == pytest.approx(before, abs=300.0)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await core.close()

@@ -346,3 +346,16 @@ def test_params_from_mapping_and_default_scenario_file() -> None:
         PlantParams.from_mapping({"battery_nodes": True})
     with pytest.raises(ValueError, match="'cloud_transients' must be bool"):
         PlantParams.from_mapping({"cloud_transients": "yes"})
+
+
+def test_switched_load_adds_to_the_house_load_and_keeps_the_balance() -> None:
+    plant = Plant(PlantParams(seed=3, cloud_transients=False, appliance_events=False))
+    before = plant.step(0.1)
+    plant.set_switched_load_w("boiler", 2000.0)
+    after = plant.step(0.1)
+    assert after.load_w - before.load_w == pytest.approx(2000.0, abs=50.0)
+    assert after.grid_w == pytest.approx(after.load_w - after.pv_w - after.battery_ac_w, abs=1e-6)
+    plant.set_switched_load_w("boiler", 0.0)
+    assert plant.step(0.1).load_w == pytest.approx(before.load_w, abs=50.0)
+    with pytest.raises(ValueError, match="switched load"):
+        plant.set_switched_load_w("boiler", -1.0)
