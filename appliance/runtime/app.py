@@ -92,53 +92,81 @@ def _simulated_header(config: SiteConfig) -> list[str]:
     return header
 
 
-async def _run(config: SiteConfig, simulate: bool) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    simulation: BaseProcess | None = None
-    core: Core | None = None
-    faces: FacesSupervisor | None = None
-    tasks: list[asyncio.Task[None]] = []
-    try:
-        if simulate:
-            simulation = await loop.run_in_executor(None, _start_simulated_site, config)
-        core = Core(config)
+class Appliance:
+    """The running appliance: simulated site (optional), the core, its tasks, the faces.
+
+    `appliance run` drives it; benchmarks and tests use the same object so that what they
+    measure is what runs on a site.
+    """
+
+    def __init__(self, config: SiteConfig, *, simulate: bool) -> None:
+        self.config = config
+        self.simulate = simulate
+        self.simulation: BaseProcess | None = None
+        self.core: Core | None = None
+        self.faces: FacesSupervisor | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> Core:
+        loop = asyncio.get_running_loop()
+        if self.simulate:
+            self.simulation = await loop.run_in_executor(None, _start_simulated_site, self.config)
+        core = self.core = Core(self.config)
         await core.open_devices()
-        faces = FacesSupervisor(core, config)
-        faces.start()
-        core.cycle_hooks.append(faces.on_cycle)
-        tasks = [asyncio.create_task(p.run(), name=f"poll[{p.name}]") for p in core.pollers]
-        tasks += [
+        self.faces = FacesSupervisor(core, self.config)
+        self.faces.start()
+        core.cycle_hooks.append(self.faces.on_cycle)
+        devices = core.devices
+        self.tasks = [asyncio.create_task(p.run(), name=f"poll[{p.name}]") for p in core.pollers]
+        self.tasks += [
             asyncio.create_task(w.run(), name=f"actuate[{w.name}]")
-            for w in core.devices.inverter_writers.values()
+            for w in devices.inverter_writers.values()
         ]
-        tasks += [
+        self.tasks += [
             asyncio.create_task(w.run(), name=f"actuate[{w.name}]")
-            for w in core.devices.load_writers.values()
+            for w in devices.load_writers.values()
         ]
-        tasks.append(asyncio.create_task(core.run_cycles(), name="control.cycle"))
-        print(endpoints_text(config, simulate), flush=True)
+        self.tasks.append(asyncio.create_task(core.run_cycles(), name="control.cycle"))
+        return core
+
+    async def wait(self, stop: asyncio.Event) -> int:
+        """Until `stop` is set (0) or a task ends, which must never happen (1)."""
         stopping = asyncio.create_task(stop.wait(), name="appliance.stop")
-        done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([stopping, *self.tasks], return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         failed = [t for t in done if t is not stopping]
         for task in failed:
             log.critical("task %s ended unexpectedly: %r", task.get_name(), task.exception())
         return 1 if failed else 0
-    finally:
+
+    async def stop(self) -> None:
+        """Reverse order of start: tasks, faces, safe setpoints, devices, simulation."""
+        loop = asyncio.get_running_loop()
         log.info("appliance: stopping")
-        for task in tasks:
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if faces is not None:
-            await loop.run_in_executor(None, faces.stop)
-        if core is not None:
-            await _write_safe_setpoints(core)
-            await core.close()
-        await loop.run_in_executor(None, _stop_process, simulation)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.faces is not None:
+            await loop.run_in_executor(None, self.faces.stop)
+        if self.core is not None:
+            await _write_safe_setpoints(self.core)
+            await self.core.close()
+        await loop.run_in_executor(None, _stop_process, self.simulation)
         log.info("appliance: stopped")
+
+
+async def _run(config: SiteConfig, simulate: bool) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    appliance = Appliance(config, simulate=simulate)
+    try:
+        await appliance.start()
+        print(endpoints_text(config, simulate), flush=True)
+        return await appliance.wait(stop)
+    finally:
+        await appliance.stop()
 
 
 async def _write_safe_setpoints(core: Core) -> None:
