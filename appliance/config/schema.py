@@ -487,13 +487,61 @@ class ModbusRtuFace:
     parity: Parity = "N"
 
 
+def _check_network(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            network = ipaddress.ip_network(value, strict=False)
+            return f"has host bits set; allowed: the network address, here {network}"
+        return "is not a network; allowed: an address with a prefix length such as 10.0.0.0/24"
+    return None
+
+
+_NETWORK_ALLOWED = "a network such as 192.168.1.0/24 or ::1/128"
+#: Battery node n answers on unit_id + n; the point table allows 64 nodes.
+MODBUS_NODE_UNITS = 64
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModbusFace:
+    """The Modbus slave: the site on unit_id, battery node n on unit_id + n (docs/modbus.md)."""
+
     bind: str = field(default="127.0.0.1", metadata=_BIND)
     port: int = field(default=502, metadata=rule(min=1, max=65535))
     unit_id: int = field(default=1, metadata=rule(min=1, max=247))
     rtu: ModbusRtuFace | None = None
     enabled: bool = True
+    #: TCP clients from other networks are disconnected as soon as they connect.
+    allowed_networks: tuple[str, ...] = field(
+        default=("0.0.0.0/0", "::/0"),
+        metadata=rule(check=_check_network, allowed=_NETWORK_ALLOWED, min_items=1),
+    )
+    #: TCP clients whose writes are accepted; writes from others answer exception 0x01.
+    #: The RTU line (physical access) may always write, unless read_only.
+    write_networks: tuple[str, ...] = field(
+        default=("127.0.0.0/8", "::1/128"),
+        metadata=rule(check=_check_network, allowed=_NETWORK_ALLOWED),
+    )
+    #: Refuse every write (exception 0x01), on TCP and RTU.
+    read_only: bool = False
+    #: Open TCP connections; one more is closed as soon as it connects.
+    max_connections: int = field(default=8, metadata=rule(min=1, max=256))
+    #: A TCP connection without a request for this long is closed.
+    idle_timeout_s: float = field(default=60.0, metadata=rule(min=1, max=86_400))
+
+    def cross_check(self) -> Iterator[tuple[FieldPath, str]]:
+        highest = 247 - MODBUS_NODE_UNITS
+        if self.unit_id > highest:
+            yield (
+                ("unit_id",),
+                f"{self.unit_id} leaves no unit ids for the battery nodes (unit_id + 1 .. "
+                f"unit_id + {MODBUS_NODE_UNITS}, at most 247); allowed 1 .. {highest}",
+            )
+        for name in ("allowed_networks", "write_networks"):
+            networks: tuple[str, ...] = getattr(self, name)
+            if len(set(networks)) != len(networks):
+                yield ((name,), "lists a network twice; allowed: each network once")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,7 @@ counts, full paths); `table.py` builds and validates them from `models/points.ya
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -104,6 +105,79 @@ class ModbusMapping:
 
 
 @dataclass(frozen=True, slots=True)
+class SunSpecRef:
+    """Where a point also appears in a standard SunSpec model of the Modbus slave face.
+
+    Non-templated points live in the model on the site's unit id, a templated point of node n
+    in the same model on node n's unit id. ``values`` translates the point's states into the
+    SunSpec point's symbols (enum16 targets only, e.g. inverter state -> 701 InvSt).
+    """
+
+    model: int
+    point: str
+    values: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SunSpecPointDef:
+    """One point of a SunSpec model definition (models/devices/sunspec/model_<id>.yaml)."""
+
+    name: str
+    offset: int  # from the model's first register (0 = ID, 1 = L)
+    type: str  # SunSpec type: int16, uint16, acc32, enum16, bitfield32, sunssf, string, pad, ...
+    size: int  # registers
+    units: str = ""
+    sf: str | None = None  # name of the scale-factor point: value = raw x 10^sf
+    writable: bool = False
+    symbols: Mapping[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SunSpecModelDef:
+    """A SunSpec model as the point table validates against it: id, length L, points."""
+
+    id: int
+    name: str
+    length: int  # L: registers after the 2-register header
+    points: tuple[SunSpecPointDef, ...]
+
+    def point(self, name: str) -> SunSpecPointDef | None:
+        return next((p for p in self.points if p.name == name), None)
+
+
+#: SunSpec types a point may be mapped onto, with their register counts; sunssf, string and
+#: pad carry no point values.
+SUNSPEC_VALUE_TYPES: dict[str, int] = {
+    "int16": 1, "uint16": 1, "acc16": 1, "enum16": 1, "bitfield16": 1,
+    "int32": 2, "uint32": 2, "acc32": 2, "enum32": 2, "bitfield32": 2, "float32": 2,
+    "int64": 4, "uint64": 4, "acc64": 4,
+}  # fmt: skip
+
+#: value in the SunSpec unit = value in the point's unit x factor, keyed (point unit, SunSpec unit).
+#: A ratio (unit "") shown as SunSpec "Pct" is scaled to per cent (power factor 0.95 -> 95).
+SUNSPEC_UNIT_FACTORS: dict[tuple[str, str], float] = {
+    ("", ""): 1.0,
+    ("", "Pct"): 100.0,
+    ("%", "Pct"): 1.0,
+    ("%", "%"): 1.0,
+    ("%", "%WHRtg"): 1.0,
+    ("W", "W"): 1.0,
+    ("var", "var"): 1.0,
+    ("var", "Var"): 1.0,
+    ("var", "VAR"): 1.0,
+    ("V", "V"): 1.0,
+    ("A", "A"): 1.0,
+    ("Hz", "Hz"): 1.0,
+    ("°C", "C"): 1.0,
+    ("s", "Secs"): 1.0,
+    ("Wh", "Wh"): 1.0,
+    ("kWh", "Wh"): 1000.0,
+    ("Wh", "WH"): 1.0,
+    ("kWh", "WH"): 1000.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
 class ArchiveSpec:
     """How the archive writes a point: InfluxDB measurement, field and minimum period."""
 
@@ -132,6 +206,7 @@ class Point:
     archive: ArchiveSpec | None = None
     command: str | None = None
     states: dict[int, str] = field(default_factory=dict)  # for enum points
+    sunspec: tuple[SunSpecRef, ...] = ()  # standard SunSpec models the point also appears in
 
     @property
     def opcua_node_id(self) -> str:

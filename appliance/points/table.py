@@ -19,6 +19,8 @@ import yaml
 
 from appliance.errors import ConfigError
 from appliance.points.model import (
+    SUNSPEC_UNIT_FACTORS,
+    SUNSPEC_VALUE_TYPES,
     TYPE_RANGES,
     Access,
     ArchiveSpec,
@@ -28,6 +30,9 @@ from appliance.points.model import (
     ModbusMapping,
     Point,
     RegisterType,
+    SunSpecModelDef,
+    SunSpecPointDef,
+    SunSpecRef,
 )
 
 _E = TypeVar("_E", Kind, DataType, Access, RegisterType)
@@ -71,8 +76,10 @@ _POINT_KEYS = {
     "archive",
     "command",
     "states",
+    "sunspec",
 }
 _MODBUS_KEYS = {"offset", "type", "count", "gain"}
+_SUNSPEC_KEYS = {"model", "point", "values"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +354,9 @@ class _Builder:
             archive=self._archive(raw.get("archive", True), block, name, local_id, point_id),
             command=command,
             states=states,
+            sunspec=self._sunspec(
+                raw.get("sunspec"), dtype, str(raw.get("unit", "")), value_range, states, point_id
+            ),
         )
 
     def _enum(
@@ -449,6 +459,109 @@ class _Builder:
                 )
         return ModbusMapping(address=offset, type=rtype, gain=float(gain))
 
+    def _sunspec(
+        self,
+        raw: Any,
+        dtype: DataType,
+        unit: str,
+        value_range: tuple[float, float] | None,
+        states: dict[int, str],
+        point_id: str,
+    ) -> tuple[SunSpecRef, ...]:
+        """`sunspec: {model, point[, values]}` or a list of them: where the Modbus face shows it."""
+        if raw is None:
+            return ()
+        items = raw if isinstance(raw, list) else [raw]
+        refs: list[SunSpecRef] = []
+        for index, item in enumerate(items):
+            at = f"sunspec[{index}]" if isinstance(raw, list) else "sunspec"
+            if not isinstance(item, dict):
+                self.problem(point_id, at, "expected {model: <SunSpec model id>, point: <name>}")
+                continue
+            self._unknown_keys(item, _SUNSPEC_KEYS, point_id, f"{at}.")
+            target = self._sunspec_target(item, at, point_id)
+            if target is None:
+                continue
+            model, spoint = target
+            mismatch = sunspec_mismatch(spoint, dtype, unit, value_range)
+            if mismatch is not None:
+                self.problem(point_id, at, f"model {model.id} point {spoint.name}: {mismatch}")
+                continue
+            values = self._sunspec_values(item.get("values"), spoint, dtype, states, point_id, at)
+            refs.append(SunSpecRef(model.id, spoint.name, values))
+        return tuple(refs)
+
+    def _sunspec_target(
+        self, item: dict[str, Any], at: str, point_id: str
+    ) -> tuple[SunSpecModelDef, SunSpecPointDef] | None:
+        catalog = sunspec_catalog()
+        model_id = item.get("model")
+        model = None if isinstance(model_id, bool) else catalog.get(model_id)  # type: ignore[arg-type]
+        if model is None:
+            known = ", ".join(str(m) for m in sorted(catalog))
+            self.problem(
+                point_id,
+                f"{at}.model",
+                f"{model_id!r} is not a known SunSpec model; known: {known}",
+            )
+            return None
+        name = item.get("point")
+        spoint = model.point(name) if isinstance(name, str) else None
+        if spoint is None:
+            self.problem(
+                point_id,
+                f"{at}.point",
+                f"{name!r} is not a point of model {model.id} ({model.name})",
+            )
+            return None
+        return model, spoint
+
+    def _sunspec_values(
+        self,
+        raw: Any,
+        spoint: SunSpecPointDef,
+        dtype: DataType,
+        states: dict[int, str],
+        point_id: str,
+        at: str,
+    ) -> tuple[tuple[int, int], ...]:
+        enum_target = spoint.type in ("enum16", "enum32")
+        if raw is None:
+            if enum_target:
+                self.problem(
+                    point_id,
+                    f"{at}.values",
+                    f"required for the {spoint.type} point {spoint.name}: "
+                    "{point state: SunSpec symbol value}",
+                )
+            return ()
+        if not enum_target:
+            self.problem(
+                point_id, f"{at}.values", f"only for enum16/enum32 targets, not {spoint.type}"
+            )
+            return ()
+        if not isinstance(raw, dict):
+            self.problem(point_id, f"{at}.values", "expected {point state: SunSpec symbol value}")
+            return ()
+        own = set(states) if dtype is DataType.ENUM else {0, 1}
+        pairs: list[tuple[int, int]] = []
+        for key, symbol in raw.items():
+            if key not in own:
+                allowed = ", ".join(str(k) for k in sorted(own))
+                self.problem(
+                    point_id, f"{at}.values.{key}", f"{key!r} is not a state; allowed: {allowed}"
+                )
+            elif symbol not in spoint.symbols or isinstance(symbol, bool):
+                allowed = ", ".join(f"{k} ({v})" for k, v in sorted(spoint.symbols.items()))
+                self.problem(
+                    point_id,
+                    f"{at}.values.{key}",
+                    f"{symbol!r} is not a symbol of {spoint.name}; allowed: {allowed}",
+                )
+            else:
+                pairs.append((int(key), int(symbol)))
+        return tuple(sorted(pairs))
+
     def _archive(
         self, raw: Any, block: dict[str, Any], name: str, local_id: str, point_id: str
     ) -> ArchiveSpec | None:
@@ -517,6 +630,21 @@ class _Builder:
                     "a point with a command must be writable (read_write or write)",
                 )
         self._check_overlaps(points)
+        self._check_sunspec_targets(points)
+
+    def _check_sunspec_targets(self, points: list[Point]) -> None:
+        """Each SunSpec point of a device (the site, or node n) carries at most one point."""
+        seen: dict[tuple[int | None, int, str], str] = {}
+        for point in points:
+            for ref in point.sunspec:
+                key = (point.node, ref.model, ref.point)
+                if key in seen:
+                    self.problem(
+                        point.id,
+                        "sunspec",
+                        f"model {ref.model} point {ref.point} already carries '{seen[key]}'",
+                    )
+                seen.setdefault(key, point.id)
 
     def _check_overlaps(self, points: list[Point]) -> None:
         mapped = sorted(
@@ -537,6 +665,125 @@ class _Builder:
                 )
             if previous is None or modbus.last_address > previous[0].last_address:
                 previous = (modbus, point)
+
+
+# --------------------------------------------------------------------------- SunSpec models
+
+#: Raw limits of the SunSpec value types, excluding each type's "not implemented" marker
+#: (an accumulator's marker is 0, which stays a valid reading).
+SUNSPEC_RAW_LIMITS: dict[str, tuple[float, float]] = {
+    "int16": (-32767, 32767), "uint16": (0, 65534), "acc16": (0, 65535),
+    "enum16": (0, 65534), "bitfield16": (0, 65534),
+    "int32": (-(2**31) + 1, 2**31 - 1), "uint32": (0, 2**32 - 2), "acc32": (0, 2**32 - 1),
+    "enum32": (0, 2**32 - 2), "bitfield32": (0, 2**32 - 2), "float32": (-3.4e38, 3.4e38),
+    "int64": (-(2**63) + 1, 2**63 - 1), "uint64": (0, 2**64 - 2), "acc64": (0, 2**64 - 1),
+}  # fmt: skip
+SUNSPEC_SF_RANGE = range(-10, 11)
+
+
+def sunspec_mismatch(
+    spoint: SunSpecPointDef, dtype: DataType, unit: str, value_range: tuple[float, float] | None
+) -> str | None:
+    """Why a point of type `dtype` cannot be shown as `spoint`, or None if it can."""
+    stype = spoint.type
+    if stype not in SUNSPEC_VALUE_TYPES:
+        return f"type {stype} carries no point value; allowed: {', '.join(SUNSPEC_VALUE_TYPES)}"
+    allowed = _SUNSPEC_CARRIERS.get(stype[:-2])  # enum16 -> enum, bitfield32 -> bitfield
+    if stype == "bitfield32":
+        allowed = (DataType.BOOL, DataType.UINT16, DataType.UINT32)
+    if allowed is not None:
+        if dtype in allowed:
+            return None
+        return (
+            f"{dtype.value} cannot be shown as {stype}; allowed: "
+            f"{', '.join(d.value for d in allowed)} points"
+        )
+    return _sunspec_number_problem(spoint, dtype, unit, value_range)
+
+
+def _sunspec_number_problem(
+    spoint: SunSpecPointDef, dtype: DataType, unit: str, value_range: tuple[float, float] | None
+) -> str | None:
+    stype = spoint.type
+    if dtype is DataType.ENUM:
+        return f"an enum cannot be shown as the number {stype}; allowed: an enum16 point"
+    factor = SUNSPEC_UNIT_FACTORS.get((unit, spoint.units))
+    if factor is None:
+        return f"unit {unit!r} cannot be shown in SunSpec unit {spoint.units!r}"
+    low, high = value_range if value_range is not None else TYPE_RANGES[dtype]
+    if sunspec_scale(stype, spoint.sf is not None, low * factor, high * factor) is None:
+        return f"values {low:g} .. {high:g} {unit} do not fit {stype} at any scale factor"
+    return None
+
+
+# Which point types an enum or bit-field SunSpec point can carry (numbers take any but enum).
+_SUNSPEC_CARRIERS: dict[str, tuple[DataType, ...]] = {
+    "enum": (DataType.ENUM, DataType.BOOL),
+    "bitfield": (DataType.BOOL, DataType.UINT16),
+}
+
+
+def sunspec_scale(
+    stype: str, scaled: bool, low: float, high: float, floor: int = -10
+) -> int | None:
+    """The finest scale factor (>= floor) at which low .. high fits `stype`; 0 if unscaled.
+
+    None when it does not fit (unscaled: at 10^0; scaled: at any factor up to 10^10).
+    """
+    raw_low, raw_high = SUNSPEC_RAW_LIMITS[stype]
+    candidates = [sf for sf in SUNSPEC_SF_RANGE if sf >= floor] if scaled else [0]
+    for sf in candidates:
+        if raw_low <= low / 10.0**sf and high / 10.0**sf <= raw_high:
+            return sf
+    return None
+
+
+@functools.cache
+def sunspec_catalog() -> Mapping[int, SunSpecModelDef]:
+    """The SunSpec models shipped in models/devices/sunspec (model_<id>.yaml), by id."""
+    root = importlib.resources.files("appliance.models") / "devices" / "sunspec"
+    models: dict[int, SunSpecModelDef] = {}
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.name.startswith("model_") and entry.name.endswith(".yaml"):
+            model = _sunspec_model(
+                entry.read_text(encoding="utf-8"), f"models/devices/sunspec/{entry.name}"
+            )
+            models[model.id] = model
+    return models
+
+
+def _sunspec_model(text: str, source: str) -> SunSpecModelDef:
+    doc = yaml.safe_load(text)
+    if not isinstance(doc, dict) or not isinstance(doc.get("id"), int):
+        raise ConfigError(f"{source}: expected a mapping with an integer id")
+    points: list[SunSpecPointDef] = []
+    offset = 2
+    for index, entry in enumerate(doc.get("points") or []):
+        where = f"{source}: points[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigError(f"{where}: expected a mapping with a name")
+        stype = str(entry.get("type"))
+        size = entry.get("size") if stype == "string" else SUNSPEC_VALUE_TYPES.get(stype, 1)
+        if not isinstance(size, int) or entry.get("offset") != offset:
+            raise ConfigError(f"{where} ({entry['name']}): offset {offset} and a size expected")
+        points.append(
+            SunSpecPointDef(
+                name=entry["name"],
+                offset=offset,
+                type=stype,
+                size=size,
+                units=str(entry.get("units", "")),
+                sf=entry.get("sf"),
+                writable=entry.get("access", "R") == "RW",
+                symbols={int(k): str(v) for k, v in (entry.get("symbols") or {}).items()},
+            )
+        )
+        offset += size
+    if doc.get("length") != offset - 2:
+        raise ConfigError(
+            f"{source}: length {doc.get('length')!r}; the points add up to {offset - 2}"
+        )
+    return SunSpecModelDef(doc["id"], str(doc.get("name", "")), offset - 2, tuple(points))
 
 
 def _instantiate(template: Point, node: int | None, base: int) -> Point:

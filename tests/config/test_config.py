@@ -715,3 +715,60 @@ def test_pc321_meter_staleness_defaults_to_its_report_period_and_refuses_less() 
         "devices.consumption_clamp.stale_after_s: 2 is shorter than the clamp's report period"
         in problems
     )
+
+
+def test_modbus_security_keys_default_to_local_writes_and_load() -> None:
+    modbus = load(minimal()).faces.modbus
+    assert modbus.allowed_networks == ("0.0.0.0/0", "::/0")
+    assert modbus.write_networks == ("127.0.0.0/8", "::1/128")
+    assert (modbus.read_only, modbus.max_connections, modbus.idle_timeout_s) == (False, 8, 60.0)
+    keys = {
+        "allowed_networks": ["10.0.0.0/8"],
+        "write_networks": ["10.1.2.0/24", "fd00::/8"],
+        "read_only": True,
+        "max_connections": 2,
+        "idle_timeout_s": 5,
+    }
+    site = load(put(minimal(), "faces.modbus", keys)).faces.modbus
+    assert site.allowed_networks == ("10.0.0.0/8",)
+    assert site.write_networks == ("10.1.2.0/24", "fd00::/8")
+    assert (site.read_only, site.max_connections, site.idle_timeout_s) == (True, 2, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (
+            "faces.modbus.write_networks",
+            ["10.1.2.3/24"],
+            "faces.modbus.write_networks[0]: '10.1.2.3/24' has host bits set; allowed: the "
+            "network address, here 10.1.2.0/24",
+        ),
+        (
+            "faces.modbus.allowed_networks",
+            ["scada.local"],
+            "faces.modbus.allowed_networks[0]: 'scada.local' is not a network",
+        ),
+        ("faces.modbus.allowed_networks", [], "faces.modbus.allowed_networks: has 0 entries"),
+        (
+            "faces.modbus.write_networks",
+            ["10.0.0.0/8", "10.0.0.0/8"],
+            "faces.modbus.write_networks: lists a network twice; allowed: each network once",
+        ),
+        ("faces.modbus.max_connections", 0, "faces.modbus.max_connections: 0 is out of range"),
+        ("faces.modbus.idle_timeout_s", 0.5, "faces.modbus.idle_timeout_s: 0.5 is out of range"),
+        (
+            "faces.modbus.unit_id",
+            200,
+            "faces.modbus.unit_id: 200 leaves no unit ids for the battery nodes "
+            "(unit_id + 1 .. unit_id + 64, at most 247); allowed 1 .. 183",
+        ),
+        (
+            "faces.modbus.read_only",
+            "yes",
+            "faces.modbus.read_only: 'yes' is a string; expected true or false",
+        ),
+    ],
+)
+def test_modbus_security_keys_are_validated(path: str, value: object, expected: str) -> None:
+    assert expected in str(errors(put(minimal(), path, value)))
