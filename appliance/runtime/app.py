@@ -69,8 +69,7 @@ def endpoints_text(config: SiteConfig, simulate: bool) -> str:
         lines.append(f"    OPC UA    opc.tcp://{faces.opcua.bind}:{faces.opcua.port}")
     if faces.modbus.enabled:
         lines.append(
-            f"    Modbus    {faces.modbus.bind}:{faces.modbus.port} unit {faces.modbus.unit_id} "
-            "(configured; not served by this version yet)"
+            f"    Modbus    {faces.modbus.bind}:{faces.modbus.port} unit {faces.modbus.unit_id}"
         )
     if simulate:
         lines.append("  simulated site:")

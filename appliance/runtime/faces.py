@@ -114,6 +114,10 @@ class FacesHost:
             from appliance.northbound.opcua import OpcUaFace  # noqa: PLC0415
 
             faces.append(OpcUaFace(context))
+        if self.config.faces.modbus.enabled:
+            from appliance.northbound.modbus import ModbusFace  # noqa: PLC0415
+
+            faces.append(ModbusFace(context))
         if self.config.faces.metrics.enabled:
             from appliance.northbound.metrics import MetricsFace  # noqa: PLC0415
 
