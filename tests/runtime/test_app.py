@@ -145,3 +145,51 @@ async def test_opcua_commands_cross_the_process_boundary_with_per_item_codes(
         process.send_signal(signal.SIGINT)
         _, err = await asyncio.to_thread(process.communicate, timeout=30)
     assert process.returncode == 0, err
+
+
+async def test_modbus_commands_cross_the_process_boundary_with_exception_codes(
+    sim_config_file: Path, sim_ports: dict[int, int], tmp_path: Path
+) -> None:
+    """Modbus write in the faces process -> the core validates and applies -> answer or exception."""
+    from pymodbus.client import AsyncModbusTcpClient  # noqa: PLC0415
+
+    from appliance.points.codec import decode, encode  # noqa: PLC0415
+    from appliance.points.table import shipped_point_table  # noqa: PLC0415
+
+    grid_target = shipped_point_table()["controller.grid_target"].modbus
+    alive = shipped_point_table()["appliance.alive_counter"].modbus
+    assert grid_target is not None
+    assert alive is not None
+    process = start(sim_config_file, tmp_path)
+    client = AsyncModbusTcpClient("127.0.0.1", port=sim_ports[5020], retries=0, reconnect_delay=0)
+    try:
+        await asyncio.to_thread(
+            wait_for_metric,
+            sim_ports[9464],
+            'appliance_grid_active_power_watts{site="simulated"}',
+            30,
+        )
+        assert await client.connect()
+        accepted = await client.write_registers(
+            grid_target.address, list(encode(grid_target, 150.0)), device_id=1
+        )
+        assert not accepted.isError()
+        refused = await client.write_registers(
+            grid_target.address, list(encode(grid_target, 5e6)), device_id=1
+        )
+        assert refused.isError()
+        assert refused.exception_code == 3  # ILLEGAL_DATA_VALUE: out of range
+        read_only = await client.write_registers(alive.address, [0, 1], device_id=1)
+        assert read_only.isError()
+        assert read_only.exception_code == 2  # ILLEGAL_DATA_ADDRESS: not a command register
+        for _ in range(40):  # the accepted value comes back from the core through the feed
+            answer = await client.read_holding_registers(grid_target.address, count=2, device_id=1)
+            if decode(grid_target, list(answer.registers)) == 150.0:
+                break
+            await asyncio.sleep(0.1)
+        assert decode(grid_target, list(answer.registers)) == 150.0
+    finally:
+        client.close()
+        process.send_signal(signal.SIGINT)
+        _, err = await asyncio.to_thread(process.communicate, timeout=30)
+    assert process.returncode == 0, err
