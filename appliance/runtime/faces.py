@@ -26,6 +26,7 @@ from appliance.store import Sample, Value
 log = logging.getLogger(__name__)
 
 BATCH_WAIT_S = 0.25
+FACES_NICENESS = 5
 COMMAND_TIMEOUT_S = 2.0  # four core cycles: a core that has not answered by then is in trouble
 
 
@@ -160,6 +161,9 @@ def faces_main(config: SiteConfig, channel: FacesChannel) -> None:
     """Entry point of the faces process (spawned by the core's supervisor)."""
     # Ctrl-C reaches the whole process group; the core decides when the faces stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Control comes first: when clients keep both cores busy, the scheduler serves the core's
+    # cycle before the faces' work (a lower priority, not a limit: idle CPU is still used).
+    os.nice(FACES_NICENESS)
     logging.basicConfig(
         level=config.logging.level,
         format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s",
