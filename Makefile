@@ -49,6 +49,8 @@ docs: $(RUN_STAMP)
 	$(BIN)/appliance points --format markdown > docs/points.md
 	$(BIN)/appliance points --format csv > docs/points.csv
 	$(BIN)/python -m appliance.northbound.opcua generate
+	$(BIN)/python -m appliance.northbound.modbus generate
+	$(BIN)/python -m appliance.archive.dashboards
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -16,9 +16,11 @@ import queue
 import signal
 import threading
 
+from appliance.archive import ArchiveFace
 from appliance.config.schema import SiteConfig
 from appliance.control.command_types import CommandRequest, CommandResult, RejectCode
 from appliance.northbound.face import Face, FaceContext
+from appliance.northbound.metrics import FacesTelemetry
 from appliance.runtime.channel import FacesChannel, FacesEnd, WireSample, from_wire
 from appliance.runtime.site_table import site_point_table
 from appliance.store import Sample, Value
@@ -81,6 +83,7 @@ class FacesHost:
         self.table = site_point_table(config)
         self.mirror: dict[str, Sample] = {}
         self.faces: list[Face] = []
+        self.telemetry = FacesTelemetry()
         self.batches = 0
         self._stop = threading.Event()
         self._parent = os.getppid()
@@ -111,6 +114,10 @@ class FacesHost:
 
     def build_faces(self, context: FaceContext) -> list[Face]:
         faces: list[Face] = []
+        # The archive first: it is the record, and the OPC UA face reads history from it.
+        archive = ArchiveFace(context)
+        self.telemetry.watch_archive(archive.stats)
+        faces.append(archive)
         if self.config.faces.opcua.enabled:
             from appliance.northbound.opcua import OpcUaFace  # noqa: PLC0415
 
@@ -122,7 +129,7 @@ class FacesHost:
         if self.config.faces.metrics.enabled:
             from appliance.northbound.metrics import MetricsFace  # noqa: PLC0415
 
-            faces.append(MetricsFace(context))
+            faces.append(MetricsFace(context, telemetry=self.telemetry))
         return faces
 
     async def run(self) -> None:
@@ -130,7 +137,7 @@ class FacesHost:
         stopped = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stopped.set)
         port = CommandPort(self.end, loop)
-        context = FaceContext(self.config, self.table, self.mirror, port)
+        context = FaceContext(self.config, self.table, self.mirror, self.telemetry.counting(port))
         threads = [
             threading.Thread(
                 target=self._receive, args=(loop, stopped), name="faces-updates", daemon=True
@@ -147,11 +154,13 @@ class FacesHost:
                 await face.start()
                 started.append(face)
                 self.faces.append(face)
+                self.telemetry.face_running(face.name, True)
             await stopped.wait()
         finally:
             self._stop.set()
             for face in reversed(started):
                 await face.stop()
+                self.telemetry.face_running(face.name, False)
             for thread in threads:
                 thread.join(timeout=2 * BATCH_WAIT_S + 1)
             log.info("faces: stopped")

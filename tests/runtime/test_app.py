@@ -68,7 +68,7 @@ def test_run_simulated_site_serves_live_data_and_stops_cleanly_on_sigint(
         # Live: the alive counter advances and the house balance is derived from fresh data.
         time.sleep(1.5)
         second = scrape(metrics_port)
-        alive = f"appliance_appliance_alive_counter_total{site}"
+        alive = f"appliance_appliance_cycles_total{site}"
         assert second[alive] > first[alive]
         grid = second[f"appliance_grid_active_power_watts{site}"]
         pv = second[f"appliance_pv_active_power_watts{site}"]

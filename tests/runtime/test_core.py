@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -131,6 +132,7 @@ async def test_a_blocked_loop_is_counted_and_logged_as_an_overrun(
             time.sleep(0.16)  # the cycle's thread is held for more than three periods
 
     core.cycle_hooks.append(block_once)
+    caplog.set_level(logging.WARNING, logger="appliance.runtime.core")
     task = asyncio.create_task(core.run_cycles())
     await asyncio.sleep(0.5)
     task.cancel()

@@ -32,7 +32,7 @@ MAXSELF = 2
 def metrics_up(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as response:
-            return b"appliance_appliance_alive_counter_total" in response.read()
+            return b"appliance_appliance_cycles_total" in response.read()
     except OSError:
         return False
 
