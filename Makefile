@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test check lint typecheck pytest bench-check docs clean
+.PHONY: run test check lint typecheck pytest bench-check docs dist ansible-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ typecheck: $(TEST_STAMP)
 
 pytest: $(TEST_STAMP)
 	$(BIN)/python -m pytest
+
+## dist: build the wheel the fleet's appliance role installs (dist/appliance-VERSION-py3-none-any.whl)
+dist: | $(BIN)/python
+	$(BIN)/pip wheel --no-deps --quiet --wheel-dir dist .
+
+## ansible-check: .venv-ansible (pinned ansible-core, ansible-lint), lint, syntax check, playbook tests
+ansible-check: $(TEST_STAMP)
+	bash scripts/ansible-check.sh
 
 ## docs: regenerate the generated documentation from models/points.yaml
 docs: $(RUN_STAMP)

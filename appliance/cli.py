@@ -49,6 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
     points.add_argument(
         "--nodes", type=int, default=1, help="battery nodes and inverters to list (default 1)"
     )
+    health = commands.add_parser(
+        "health",
+        help="check a running appliance through its own metrics endpoint (exit code 0: healthy)",
+    )
+    health.add_argument(
+        "--url",
+        default="http://127.0.0.1:9464/metrics",
+        help="the appliance's metrics endpoint (default %(default)s)",
+    )
+    health.add_argument(
+        "--interval",
+        type=float,
+        default=1.5,
+        help="seconds between the two scrapes, above control.loop_interval_s (default %(default)s)",
+    )
+    health.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for each scrape (default %(default)s)",
+    )
+    health.add_argument(
+        "--accept-degraded",
+        action="store_true",
+        help="count a degraded appliance (a device down) as healthy",
+    )
+    health.add_argument("--site", help="the site id the endpoint must answer for")
     return parser
 
 
@@ -134,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check_config(args.file)
         if args.command == "points":
             return cmd_points(args.format, args.nodes)
+        if args.command == "health":
+            from appliance.health import cmd_health  # noqa: PLC0415
+
+            return cmd_health(
+                args.url, args.interval, args.timeout, args.accept_degraded, args.site
+            )
     except BrokenPipeError:
         # `appliance points | head` closed the pipe early; that is not an error.
         sys.stderr.close()
