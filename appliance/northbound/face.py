@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from appliance.config.schema import SiteConfig
 from appliance.control.command_types import CommandResult
 from appliance.points.table import PointTable
 from appliance.store import Sample, Value
+
+if TYPE_CHECKING:  # the archive imports this module; only the type is needed here
+    from appliance.archive.local import HistorySample
 
 
 class CommandSubmitter(Protocol):
@@ -29,6 +32,16 @@ class CommandSubmitter(Protocol):
         ...
 
 
+class HistoryReader(Protocol):
+    async def __call__(
+        self, point_id: str, start_s: float, end_s: float, limit: int = 0
+    ) -> Sequence[HistorySample]:
+        """Raw archived samples of one point (OPC UA ReadRaw semantics: start > end reads
+        backwards; the end is exclusive; limit 0 = the archive's maximum). Raises
+        HistoryUnavailable when the point is not archived locally."""
+        ...
+
+
 @dataclass(frozen=True)
 class FaceContext:
     """Everything a face needs: the site, its points, the latest samples, the command path."""
@@ -37,6 +50,8 @@ class FaceContext:
     table: PointTable
     mirror: Mapping[str, Sample]  # latest sample per point id, updated before `apply` is called
     submit: CommandSubmitter
+    #: The local archive's raw history, when this site keeps one (None: no history).
+    history: HistoryReader | None = None
 
 
 class Face(Protocol):
