@@ -46,6 +46,8 @@ from appliance.store import Sample, Value
 
 log = logging.getLogger(__name__)
 
+SYNC_TIMEOUT_S = 30.0  # a sync that takes longer means the database is stuck
+
 T = TypeVar("T")
 
 SPOOL_FILE = "spool.sqlite"
@@ -209,12 +211,16 @@ class ArchiveFace:
 
     # -- public API ------------------------------------------------------------------
 
-    async def sync(self) -> None:
-        """Seal what is buffered and wait until it is committed (spool or local archive)."""
+    async def sync(self, timeout_s: float = SYNC_TIMEOUT_S) -> None:
+        """Seal what is buffered and wait until it is committed (spool or local archive).
+
+        Raises TimeoutError after `timeout_s`: a caller (a HistoryRead, a test) gets an
+        answer even when the database is stuck.
+        """
         self._seal_lines()
         self._seal_rows()
         target = self._sealed_seq
-        async with self._committed:
+        async with asyncio.timeout(timeout_s), self._committed:
             await self._committed.wait_for(lambda: self._committed_seq >= target)
 
     async def read_raw(
@@ -224,7 +230,10 @@ class ArchiveFace:
         local = self._local
         if local is None:
             raise HistoryUnavailable("no local archive on this appliance (archive.influxdb is set)")
-        await self.sync()
+        try:
+            await self.sync()
+        except TimeoutError as exc:
+            raise HistoryUnavailable("the local archive is not keeping up; try again") from exc
         return await self._db(lambda: local.read_raw(point_id, start_s, end_s, limit))
 
     @property
@@ -354,6 +363,11 @@ class ArchiveFace:
                 self._dropped_size += lost
                 self._local_failures += 1
                 log.error("archive: could not store a batch of %d points: %s", lost, exc)
+            except Exception:  # this loop must outlive any one bad batch
+                lost = batch.lines if isinstance(batch, _LineBatch) else len(batch.rows)
+                self._dropped_size += lost
+                self._local_failures += 1
+                log.exception("archive: unexpected error storing a batch of %d points", lost)
             if self._queue and self._queue[0] is batch:
                 self._queue.popleft()
                 self._committed_seq += 1
