@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.points.model import ModbusMapping
+
 pytestmark = pytest.mark.slow
 
 
@@ -188,6 +190,83 @@ async def test_modbus_commands_cross_the_process_boundary_with_exception_codes(
                 break
             await asyncio.sleep(0.1)
         assert decode(grid_target, list(answer.registers)) == 150.0
+    finally:
+        client.close()
+        process.send_signal(signal.SIGINT)
+        _, err = await asyncio.to_thread(process.communicate, timeout=30)
+    assert process.returncode == 0, err
+
+
+@pytest.fixture
+def short_heartbeat_config(sim_config_file: Path) -> Path:
+    """The simulated site with a 3 s heartbeat timeout, so that its loss shows quickly."""
+    text = sim_config_file.read_text().replace(
+        "  initial_mode: stop", "  initial_mode: stop\n  heartbeat_timeout_s: 3"
+    )
+    sim_config_file.write_text(text)
+    return sim_config_file
+
+
+async def test_scada_heartbeat_over_modbus_keeps_maxself_and_its_loss_stops_the_site(
+    short_heartbeat_config: Path, sim_ports: dict[int, int], tmp_path: Path
+) -> None:
+    """The heartbeat contract end to end: faces -> core -> state machine -> faces."""
+    from pymodbus.client import AsyncModbusTcpClient  # noqa: PLC0415
+
+    from appliance.points.codec import decode  # noqa: PLC0415
+    from appliance.points.table import shipped_point_table  # noqa: PLC0415
+
+    table = shipped_point_table()
+    mode, state = table["controller.mode"].modbus, table["controller.state"].modbus
+    heartbeat, lost = table["heartbeat.counter"].modbus, table["alarms.heartbeat_lost"].modbus
+    assert mode is not None
+    assert state is not None
+    assert heartbeat is not None
+    assert lost is not None
+    process = start(short_heartbeat_config, tmp_path)
+    client = AsyncModbusTcpClient("127.0.0.1", port=sim_ports[5020], retries=0, reconnect_delay=0)
+
+    async def read(mapping: ModbusMapping) -> float | None:
+        answer = await client.read_holding_registers(
+            mapping.address, count=mapping.count, device_id=1
+        )
+        return decode(mapping, list(answer.registers))
+
+    try:
+        await asyncio.to_thread(
+            wait_for_metric,
+            sim_ports[9464],
+            'appliance_grid_active_power_watts{site="simulated"}',
+            30,
+        )
+        assert await client.connect()
+        counter = 0
+        for _ in range(100):  # maxself is refused until the first BMS frames are in
+            counter += 1
+            await client.write_register(heartbeat.address, counter, device_id=1)
+            answer = await client.write_register(mode.address, 2, device_id=1)
+            if not answer.isError():
+                break
+            await asyncio.sleep(0.1)
+        assert not answer.isError()
+        for _ in range(8):  # heartbeats for 4 s, longer than the 3 s timeout: still maxself
+            counter += 1
+            assert not (
+                await client.write_register(heartbeat.address, counter, device_id=1)
+            ).isError()
+            await asyncio.sleep(0.5)
+        assert await read(state) == 2.0
+        assert await read(lost) == 0.0
+        # Heartbeats stop: within the timeout (plus a cycle and the feed) the site stops.
+        stopped_at = None
+        for tenth in range(80):
+            if await read(state) == 0.0:
+                stopped_at = tenth / 10
+                break
+            await asyncio.sleep(0.1)
+        assert stopped_at is not None
+        assert stopped_at < 5.0
+        assert await read(lost) == 1.0
     finally:
         client.close()
         process.send_signal(signal.SIGINT)
