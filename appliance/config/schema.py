@@ -338,6 +338,9 @@ class SurplusLoadConfig:
     min_off_s: float = field(default=60.0, metadata=rule(min=0, max=86_400))
     #: 1 is switched on first.
     priority: int = field(default=10, metadata=rule(min=1, max=100))
+    #: pwm_heater: its relay channel is switched on for duty x this period in every period
+    #: (time-proportioning; the controller sets the duty, 0 to 100 %).
+    duty_period_s: float = field(default=10.0, metadata=rule(min=1, max=600))
 
     def cross_check(self) -> Iterator[tuple[FieldPath, str]]:
         lo, hi = LOAD_CHANNELS[self.kind]
@@ -792,6 +795,47 @@ def _serial_settings(conn: SerialConnection) -> tuple[int, str, int, int]:
     return (conn.baudrate, conn.parity, conn.stopbits, conn.bytesize)
 
 
+def _load_index(path: FieldPath) -> int | None:
+    """The index of a surplus load's connection path, None for any other device."""
+    if len(path) >= 3 and path[:2] == ("devices", "surplus_loads") and isinstance(path[2], int):
+        return path[2]
+    return None
+
+
+def _same_relay_module(cfg: SiteConfig, path: FieldPath, first: FieldPath) -> bool:
+    """Surplus loads may share one relay module (several channels of one bus address)."""
+    return _load_index(path) is not None and _load_index(first) is not None
+
+
+def _shared_module_channels(
+    cfg: SiteConfig, path: FieldPath, first: FieldPath
+) -> Iterator[tuple[FieldPath, str]]:
+    loads = cfg.devices.surplus_loads
+    index, first_index = _load_index(path), _load_index(first)
+    assert index is not None and first_index is not None  # noqa: S101, PT018 - checked by the caller
+    taken = set(loads[first_index].channels)
+    for i, channel in enumerate(loads[index].channels):
+        if channel in taken:
+            yield (
+                ("devices", "surplus_loads", index, "channels", i),
+                f"{channel} is already wired to {loads[first_index].name} on the same relay module; "
+                "allowed: a channel no other load of that module uses",
+            )
+
+
+def _address_clash(
+    cfg: SiteConfig, path: FieldPath, first: FieldPath, address: str, where: str
+) -> Iterator[tuple[FieldPath, str]]:
+    """Two devices on one bus address: an error, unless loads share a relay module."""
+    if _same_relay_module(cfg, path, first):
+        yield from _shared_module_channels(cfg, path, first)
+        return
+    yield (
+        (*path, "unit_id"),
+        f"{address} is already used by {render_path(first)}; allowed: a unit_id not used on that {where}",
+    )
+
+
 def _buses(cfg: SiteConfig) -> Iterator[tuple[FieldPath, str]]:
     tcp: dict[tuple[str, int, int], FieldPath] = {}
     serial: dict[str, tuple[FieldPath, SerialConnection]] = {}
@@ -806,12 +850,12 @@ def _buses(cfg: SiteConfig) -> Iterator[tuple[FieldPath, str]]:
         if isinstance(conn, TcpConnection):
             key = (conn.host, conn.port, conn.unit_id)
             if key in tcp:
-                yield (
-                    (*path, "unit_id"),
-                    (
-                        f"{conn.unit_id} on {conn.host}:{conn.port} is already used by "
-                        f"{render_path(tcp[key])}; allowed: a unit_id not used on that host and port"
-                    ),
+                yield from _address_clash(
+                    cfg,
+                    path,
+                    tcp[key],
+                    f"{conn.unit_id} on {conn.host}:{conn.port}",
+                    "host and port",
                 )
             tcp.setdefault(key, path)
         elif isinstance(conn, SerialConnection):
@@ -835,14 +879,10 @@ def _buses(cfg: SiteConfig) -> Iterator[tuple[FieldPath, str]]:
                         ),
                     )
                 elif (conn.port, conn.unit_id) in serial_units:
-                    yield (
-                        (*path, "unit_id"),
-                        (
-                            f"{conn.unit_id} on {conn.port} is already used by "
-                            f"{render_path(serial_units[(conn.port, conn.unit_id)])}; "
-                            "allowed: a unit_id not used on that bus"
-                        ),
-                    )
+                    yield from _address_clash(
+                        cfg, path, serial_units[(conn.port, conn.unit_id)],
+                        f"{conn.unit_id} on {conn.port}", "bus",
+                    )  # fmt: skip
             serial.setdefault(conn.port, (path, conn))
             serial_units.setdefault((conn.port, conn.unit_id), path)
         elif isinstance(conn, CanConnection):

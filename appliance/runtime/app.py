@@ -125,6 +125,10 @@ class Appliance:
             asyncio.create_task(w.run(), name=f"actuate[{w.name}]")
             for w in devices.load_writers.values()
         ]
+        self.tasks += [
+            asyncio.create_task(w.run(), name=f"actuate[{w.name}]")
+            for w in devices.heater_writers.values()
+        ]
         self.tasks.append(asyncio.create_task(core.run_cycles(), name="control.cycle"))
         return core
 
@@ -187,6 +191,9 @@ async def _write_safe_setpoints(core: Core) -> None:
         channels = len(loads[index - 1].channels)
         if not await relays.write_safe((False,) * channels):
             log.warning("%s: relays not opened at shutdown", relays.name)
+    for heater in core.devices.heater_writers.values():
+        if not await heater.write_safe(0.0):
+            log.warning("%s: heater not switched off at shutdown", heater.name)
 
 
 def run_appliance(config: SiteConfig, *, simulate: bool) -> int:

@@ -130,6 +130,10 @@ class Core:
             relays = self.devices.load_writers.get(load.index)
             if relays is not None:
                 relays.submit(load.relays)
+            heater = self.devices.heater_writers.get(load.index)
+            if heater is not None:
+                # relays[0] is the heater's standby relay: open means no power at all.
+                heater.submit(load.duty_pct if load.relays and load.relays[0] else 0.0)
 
     def _derive_house_consumption(self) -> None:
         """House = grid import + PV production + battery discharge, only from fresh inputs."""

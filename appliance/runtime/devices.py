@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.clock import Clock
 from appliance.config.loader import device_map_path
 from appliance.config.schema import (
     BatteryNodeConfig,
@@ -26,6 +27,7 @@ from appliance.drivers.generic_inverter import GenericInverter, parse_generic_in
 from appliance.drivers.inverter_types import InverterReading
 from appliance.drivers.modbus_link import ModbusLink
 from appliance.drivers.pc321_clamp import ClampReading, Pc321Clamp
+from appliance.drivers.pwm_heater import RelayDutyHeater, TimeProportioning
 from appliance.drivers.pylontech_can import BmsReading, PylontechCanBms
 from appliance.drivers.relay_module import RelayModule, RelayState, relay_coil
 from appliance.drivers.sdm630 import Sdm630Meter
@@ -52,6 +54,9 @@ class Devices:
     inverter_writers: dict[int, LatestValueWriter[float]] = field(default_factory=dict)
     #: Relay contacts per surplus load (1-based load index), in the order of its channels.
     load_writers: dict[int, LatestValueWriter[tuple[bool, ...]]] = field(default_factory=dict)
+    #: Heater level in % per PWM heater load; submitted every cycle, which also advances
+    #: the time-proportioning of its relay.
+    heater_writers: dict[int, LatestValueWriter[float]] = field(default_factory=dict)
     closers: list[Closer] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -274,21 +279,20 @@ class _Builder:
             tuple[str, object, int], tuple[RelayModule, list[tuple[int, SurplusLoadConfig]]]
         ] = {}
         for index, load in enumerate(loads[:MAX_SURPLUS_LOADS], start=1):
-            if load.kind == "pwm_heater":
-                log.warning(
-                    "%s: PWM heater output is not driven by this version; the load stays off",
-                    load.name,
-                )
-                continue
             _check_channels(load)
             key = _module_key(load)
             if key not in modules:
                 modules[key] = (_relay_module(f"relays[{load.name}]", load.connection), [])
             module, wired = modules[key]
             wired.append((index, load))
-            self.devices.load_writers[index] = LatestValueWriter(
-                f"{load.name}.relays", _relay_write(module, load), only_changes=True
-            )
+            if load.kind == "pwm_heater":
+                self.devices.heater_writers[index] = LatestValueWriter(
+                    f"{load.name}.heater", _heater_write(module, load, self.store.clock)
+                )
+            else:
+                self.devices.load_writers[index] = LatestValueWriter(
+                    f"{load.name}.relays", _relay_write(module, load), only_changes=True
+                )
         for module, wired in modules.values():
             self._relay_poller(module, wired)
 
@@ -444,6 +448,23 @@ def _relay_write(
     async def write(contacts: tuple[bool, ...]) -> None:
         for channel, on in zip(load.channels, contacts, strict=False):
             await module.set_relay(channel, on)
+
+    return write
+
+
+def _heater_write(
+    module: RelayModule, load: SurplusLoadConfig, clock: Clock
+) -> Callable[[float], Awaitable[None]]:
+    heater = RelayDutyHeater(
+        module,
+        load.channels[0],
+        timing=TimeProportioning(period_s=load.duty_period_s),
+        name=f"{load.name}.heater",
+    )
+
+    async def write(level_pct: float) -> None:
+        await heater.set_level_pct(level_pct)
+        await heater.apply(clock.monotonic())
 
     return write
 

@@ -120,10 +120,8 @@ class SimulatedSite:
         wiring: dict[tuple[str, int, int], list[tuple[str, tuple[int, ...], float]]] = {}
         for load in self.config.devices.surplus_loads:
             connection = load.connection
-            if load.kind == "pwm_heater" or not isinstance(connection, TcpConnection):
-                log.warning(
-                    "%s: only relay loads on Modbus TCP are simulated; not simulated", load.name
-                )
+            if not isinstance(connection, TcpConnection):
+                log.warning("%s: only loads on Modbus TCP are simulated; not simulated", load.name)
                 continue
             _loopback(f"{load.name}.connection.host", connection.host)
             key = (connection.host, connection.port, connection.unit_id)

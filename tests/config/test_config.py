@@ -772,3 +772,32 @@ def test_modbus_security_keys_default_to_local_writes_and_load() -> None:
 )
 def test_modbus_security_keys_are_validated(path: str, value: object, expected: str) -> None:
     assert expected in str(errors(put(minimal(), path, value)))
+
+
+def test_surplus_loads_may_share_a_relay_module_but_not_a_channel() -> None:
+    module = {"type": "tcp", "host": "192.168.1.40", "unit_id": 3}
+    loads = [
+        {
+            "name": "boiler",
+            "kind": "relay",
+            "connection": module,
+            "channels": [1],
+            "rated_power_w": 2000,
+        },
+        {
+            "name": "heater",
+            "kind": "pwm_heater",
+            "connection": module,
+            "channels": [2],
+            "rated_power_w": 3000,
+        },
+    ]
+    shared = load(put(minimal(), "devices.surplus_loads", loads))
+    assert [load_.channels for load_ in shared.devices.surplus_loads] == [(1,), (2,)]
+    assert shared.devices.surplus_loads[1].duty_period_s == 10.0
+    clash = [loads[0], {**loads[1], "channels": [1]}]
+    problems = str(errors(put(minimal(), "devices.surplus_loads", clash)))
+    assert (
+        "devices.surplus_loads[1].channels[0]: 1 is already wired to boiler on the same relay module"
+        in problems
+    )

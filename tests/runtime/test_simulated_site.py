@@ -97,3 +97,51 @@ async def test_a_surplus_relay_switched_by_the_core_switches_the_plant_load(
                 await task
         await core.close()
         await site.stop()
+
+
+@pytest.fixture
+def heater_config_file(sim_config_file: Path) -> Path:
+    """The simulated site with a PWM heater on channel 2 of the boiler's relay module."""
+    text = sim_config_file.read_text()
+    boiler = "      rated_power_w: 2000\n"
+    assert boiler in text
+    heater = (
+        "    - name: heater\n      kind: pwm_heater\n"
+        + text.split("    - name: boiler\n", 1)[1]
+        .split("      channels:", 1)[0]
+        .split("kind: relay\n", 1)[1]
+        + "      channels: [2]\n      rated_power_w: 3000\n      duty_period_s: 2\n"
+    )
+    sim_config_file.write_text(text.replace(boiler, boiler + heater, 1))
+    return sim_config_file
+
+
+async def test_a_pwm_heater_is_time_proportioned_on_its_relay(heater_config_file: Path) -> None:
+    """50 % duty on a 2 s period: the relay closes for about 1 s and opens for about 1 s."""
+    config = load_config(heater_config_file)
+    assert config.devices.surplus_loads[1].kind == "pwm_heater"
+    site = SimulatedSite(config)
+    await site.start()
+    core = Core(config)
+    await core.open_devices()
+    heater = core.devices.heater_writers[2]
+    tasks = [asyncio.create_task(heater.run(), name="actuate[heater]")]
+    try:
+        seen: list[bool] = []
+        for _ in range(30):  # 3 s at the control period of the test, 0.1 s
+            heater.submit(50.0)
+            await asyncio.sleep(0.1)
+            seen.append(site.relay_simulators[next(iter(site.relay_simulators))].relays[1])
+        on_share = sum(seen) / len(seen)
+        assert 0.25 < on_share < 0.75, seen
+        assert await heater.write_safe(0.0)
+        await asyncio.sleep(0.1)
+        assert site.relay_simulators[next(iter(site.relay_simulators))].relays[1] is False
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await core.close()
+        await site.stop()

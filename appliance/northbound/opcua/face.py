@@ -13,8 +13,10 @@ What the face sets up, and why (facts and traps: shared/reference/opcua.md):
 * limits on sessions, subscriptions and publishing intervals (asyncua has no floor);
 * BuildInfo, ServerProfileArray and a ServiceLevel that falls when the data the control
   relies on (grid meter, BMS, inverters) is stale or lost.
-HistoryRead is not served (the local archive does not exist yet); alarms are the
-TwoStateDiscrete variables of the Alarms block, without A&C events.
+* HistoryRead (raw) of the archived points from the local archive, when the site keeps one
+  (`history.py`);
+* alarm events (OffNormalAlarmType from the Server object, ConditionRefresh) besides the
+  TwoStateDiscrete variables of the Alarms block (`alarms.py`).
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from asyncua.server.server import Server
 
 import appliance
 from appliance.northbound.face import FaceContext
+from appliance.northbound.opcua.alarms import AlarmEmitter, alarm_specs
 from appliance.northbound.opcua.aspace import load_model
 from appliance.northbound.opcua.commands import CommandService, GuardedAttributeService
+from appliance.northbound.opcua.history import ArchiveHistory, install_history
 from appliance.northbound.opcua.model import InformationModel, build_model
 from appliance.northbound.opcua.publisher import Publisher, share_scalar_values
 from appliance.northbound.opcua.quality import Binding, key_point_ids, service_level
@@ -92,7 +96,10 @@ class OpcUaFace:
         self.commands: CommandService | None = None
         self.namespace_index = 0
         self._publisher: Publisher | None = None
+        self.alarms: AlarmEmitter | None = None
+        self.history: ArchiveHistory | None = None
         self._key_points = key_point_ids(context.table.ids())
+        self._bindings: dict[str, Binding] = {}
         self._service_level = -1
 
     @property
@@ -110,6 +117,9 @@ class OpcUaFace:
         self.users = UserDirectory(self._context.config.users, settings.allow_anonymous)
         server = Server(user_manager=self.users)
         server.allow_remote_admin(False)
+        # ConditionRefresh / ConditionRefresh2 replay the active alarms; asyncua binds
+        # them only when this is set before init().
+        server.iserver.bind_condition_methods = True
         await server.init()
         self.server = server
         try:
@@ -119,10 +129,13 @@ class OpcUaFace:
             self._install_commands(server)
             await self._describe_server(server)
             await self._publish_initial(server)
+            await self._install_events_and_history(server)
             await server.start()
         except BaseException:
             if self._publisher is not None:
                 await self._publisher.stop()
+            if self.alarms is not None:
+                await self.alarms.stop()
             self.server = None
             raise
         log.info(
@@ -137,15 +150,21 @@ class OpcUaFace:
     def apply(self, changes: Mapping[str, Sample]) -> None:
         if self._publisher is not None:
             self._publisher.submit(changes)
+        if self.alarms is not None:
+            self.alarms.submit(changes)
 
     async def drain(self) -> None:
         """Wait until every change applied so far is published (tests, benchmarks)."""
         if self._publisher is not None:
             await self._publisher.drain()
+        if self.alarms is not None:
+            await self.alarms.drain()
 
     async def stop(self) -> None:
         if self._publisher is not None:
             await self._publisher.stop()
+        if self.alarms is not None:
+            await self.alarms.stop()
         if self.server is not None:
             # asyncua's ServerStatus clock sleeps a second between ticks and its stop()
             # waits for the tick to end; cancelling it makes stopping immediate.
@@ -268,6 +287,7 @@ class OpcUaFace:
                 node.variant_type,
                 node_id(text, index) if text is not None else None,
             )
+        self._bindings = bindings
         self._publisher = Publisher(
             server.iserver.aspace, bindings, self._clock, self._update_service_level
         )
@@ -275,6 +295,22 @@ class OpcUaFace:
         self._publisher.submit({pid: mirror.get(pid, WAITING_SAMPLE) for pid in bindings})
         await self._publisher.drain()
         await self._update_service_level(frozenset(self._key_points))
+
+    async def _install_events_and_history(self, server: Server) -> None:
+        iserver = server.iserver
+        self.alarms = AlarmEmitter(
+            iserver, alarm_specs(self._context.table), self.namespace_index, self._clock
+        )
+        await self.alarms.init()
+        # Alarms already active at start become retained conditions for ConditionRefresh.
+        mirror = self._context.mirror
+        self.alarms.submit({pid: mirror[pid] for pid in self.alarms.tracker.specs if pid in mirror})
+        await self.alarms.drain()
+        self.history = await install_history(
+            iserver,
+            {pid: (b.point, b.node_id, b.variant_type) for pid, b in self._bindings.items()},
+            self._context.history,
+        )
 
     async def _update_service_level(self, changed: frozenset[str]) -> None:
         if self.server is None or not changed.intersection(self._key_points):
