@@ -10,7 +10,7 @@ already records the samples. So the face replaces the manager's `read_history` w
   ReadAtTime, ReadEvent, modified values) give BadHistoryOperationUnsupported per node.
 * StartTime / EndTime as OPC 10000-11 §6.4.3: start before end reads forwards, start after
   end backwards (newest first), the end is exclusive; an unspecified start reads backwards
-  from EndTime, an unspecified end forwards from StartTime, both need NumValuesPerNode > 0.
+  from just before EndTime, an unspecified end forwards from StartTime, both need NumValuesPerNode > 0.
   ReturnBounds is ignored (no bounding values are returned).
 * NumValuesPerNode caps one answer (0: up to MAX_VALUES_PER_READ); when more samples are
   left the result carries a continuation point. The archive stores at most one sample per
@@ -161,7 +161,8 @@ def _window(details: ua.ReadRawModifiedDetails) -> tuple[float, float] | None:
     if start is not None:
         return start, _LATEST_S
     if end is not None:
-        return end, _EARLIEST_S
+        # EndTime stays exclusive; the archive's times are whole milliseconds.
+        return end - 0.001, _EARLIEST_S
     return None
 
 
