@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -267,6 +268,56 @@ async def test_scada_heartbeat_over_modbus_keeps_maxself_and_its_loss_stops_the_
         assert stopped_at is not None
         assert stopped_at < 5.0
         assert await read(lost) == 1.0
+    finally:
+        client.close()
+        process.send_signal(signal.SIGINT)
+        _, err = await asyncio.to_thread(process.communicate, timeout=30)
+    assert process.returncode == 0, err
+
+
+async def test_pysunspec2_discovers_the_running_appliance_and_reads_the_site(
+    sim_config_file: Path, sim_ports: dict[int, int], tmp_path: Path
+) -> None:
+    """The SunSpec Alliance's client against `appliance run --simulate`: models and live values."""
+    import sunspec2.modbus.client as sunspec_client  # noqa: PLC0415
+    from pymodbus.client import AsyncModbusTcpClient  # noqa: PLC0415
+
+    from appliance.points.codec import decode  # noqa: PLC0415
+    from appliance.points.table import shipped_point_table  # noqa: PLC0415
+
+    def scan(unit: int) -> Any:
+        device = sunspec_client.SunSpecModbusClientDeviceTCP(
+            slave_id=unit, ipaddr="127.0.0.1", ipport=sim_ports[5020], timeout=5
+        )
+        try:
+            device.scan()
+        finally:
+            device.close()
+        return device
+
+    soc = shipped_point_table()["battery.1.soc"].modbus
+    assert soc is not None
+    process = start(sim_config_file, tmp_path)
+    client = AsyncModbusTcpClient("127.0.0.1", port=sim_ports[5020], retries=0, reconnect_delay=0)
+    try:
+        await asyncio.to_thread(
+            wait_for_metric,
+            sim_ports[9464],
+            'appliance_battery_soc_ratio{node="1",site="simulated"}',
+            30,
+        )
+        site = await asyncio.to_thread(scan, 1)
+        node = await asyncio.to_thread(scan, 2)
+        assert site.base_addr == 40000
+        assert {1, 203, 701, 704, 713, 802} <= {k for k in site.models if isinstance(k, int)}
+        assert {1, 701, 713, 802} <= {k for k in node.models if isinstance(k, int)}
+        assert site.common[0].SN.value == "simulated"
+        assert client.connected or await client.connect()
+        answer = await client.read_holding_registers(soc.address, count=soc.count, device_id=1)
+        native_soc = decode(soc, list(answer.registers))
+        assert native_soc is not None
+        # The node's SunSpec 802 SoC is the same BMS value as the native map's (within scaling).
+        assert node.battery[0].SoC.cvalue == pytest.approx(native_soc, abs=1.0)
     finally:
         client.close()
         process.send_signal(signal.SIGINT)
