@@ -121,6 +121,8 @@ class FacesTelemetry:
         self._commands: dict[CommandKey, int] = {}
         self._archives: list[Callable[[], ArchiveStats]] = []
         self._faces: dict[str, bool] = {}
+        self._gauges: dict[str, Callable[[], float]] = {}
+        self._counters: dict[str, Callable[[], Mapping[str, float]]] = {}
 
     def record_command(self, source: str, command: str, result: CommandResult) -> None:
         outcome = (
@@ -138,6 +140,26 @@ class FacesTelemetry:
     def watch_archive(self, stats: Callable[[], ArchiveStats]) -> None:
         with self._lock:
             self._archives.append(stats)
+
+    def watch_gauge(self, name: str, value: Callable[[], float]) -> None:
+        """A face's own gauge, e.g. ``opcua_sessions``: read at every scrape."""
+        with self._lock:
+            self._gauges[name] = value
+
+    def watch_counters(self, name: str, values: Callable[[], Mapping[str, float]]) -> None:
+        """A face's own counters by label, e.g. ``modbus_exceptions`` by exception code."""
+        with self._lock:
+            self._counters[name] = values
+
+    def gauges(self) -> dict[str, float]:
+        with self._lock:
+            providers = dict(self._gauges)
+        return {name: value() for name, value in providers.items()}
+
+    def counters(self) -> dict[str, Mapping[str, float]]:
+        with self._lock:
+            providers = dict(self._counters)
+        return {name: values() for name, values in providers.items()}
 
     def face_running(self, name: str, running: bool) -> None:
         with self._lock:
@@ -276,6 +298,7 @@ class PointCollector(Collector):
             yield from self._command_families(self._telemetry)
             yield from archive_families(self._telemetry.archives(), self._site_id)
             yield self._face_family(self._telemetry)
+            yield from self._face_own_families(self._telemetry)
 
     def _point_families(self) -> Iterator[Any]:
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
@@ -321,6 +344,23 @@ class PointCollector(Collector):
             family.add_metric([self._site_id, key.source, key.command, key.result], float(count))
         yield family
 
+    def _face_own_families(self, telemetry: FacesTelemetry) -> Iterator[Any]:
+        """What the faces count themselves: OPC UA sessions, Modbus requests and exceptions."""
+        for name, value in sorted(telemetry.gauges().items()):
+            gauge = GaugeMetricFamily(
+                f"{PREFIX}_{name}", FACE_METRIC_HELP.get(name, name), labels=["site"]
+            )
+            gauge.add_metric([self._site_id], value)
+            yield gauge
+        for name, values in sorted(telemetry.counters().items()):
+            label = FACE_COUNTER_LABEL.get(name, "kind")
+            counter = CounterMetricFamily(
+                f"{PREFIX}_{name}", FACE_METRIC_HELP.get(name, name), labels=["site", label]
+            )
+            for key, count in sorted(values.items()):
+                counter.add_metric([self._site_id, key], count)
+            yield counter
+
     def _face_family(self, telemetry: FacesTelemetry) -> GaugeMetricFamily:
         family = GaugeMetricFamily(
             f"{PREFIX}_face_up",
@@ -330,6 +370,14 @@ class PointCollector(Collector):
         for name, running in sorted(telemetry.faces().items()):
             family.add_metric([self._site_id, name], 1.0 if running else 0.0)
         return family
+
+
+FACE_METRIC_HELP = {
+    "opcua_sessions": "OPC UA client sessions open now.",
+    "modbus_requests": "Modbus requests answered, by outcome (ok or exception).",
+    "modbus_exceptions": "Modbus exception responses sent, by exception code.",
+}
+FACE_COUNTER_LABEL = {"modbus_requests": "outcome", "modbus_exceptions": "code"}
 
 
 def _family_for(point: Point, name: str) -> GaugeMetricFamily | CounterMetricFamily:

@@ -15,12 +15,16 @@ import os
 import queue
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 from appliance.archive import ArchiveFace
 from appliance.config.schema import SiteConfig
 from appliance.control.command_types import CommandRequest, CommandResult, RejectCode
 from appliance.northbound.face import Face, FaceContext
 from appliance.northbound.metrics import FacesTelemetry
+
+if TYPE_CHECKING:
+    from appliance.northbound.modbus import ModbusFace
 from appliance.runtime.channel import FacesChannel, FacesEnd, WireSample, from_wire
 from appliance.runtime.site_table import site_point_table
 from appliance.store import Sample, Value
@@ -122,10 +126,14 @@ class FacesHost:
             from appliance.northbound.opcua import OpcUaFace  # noqa: PLC0415
 
             faces.append(OpcUaFace(context))
+            self.telemetry.watch_gauge("opcua_sessions", _opcua_sessions)
         if self.config.faces.modbus.enabled:
             from appliance.northbound.modbus import ModbusFace  # noqa: PLC0415
 
-            faces.append(ModbusFace(context))
+            modbus = ModbusFace(context)
+            faces.append(modbus)
+            self.telemetry.watch_counters("modbus_requests", lambda: _modbus_requests(modbus))
+            self.telemetry.watch_counters("modbus_exceptions", lambda: _modbus_exceptions(modbus))
         if self.config.faces.metrics.enabled:
             from appliance.northbound.metrics import MetricsFace  # noqa: PLC0415
 
@@ -164,6 +172,22 @@ class FacesHost:
             for thread in threads:
                 thread.join(timeout=2 * BATCH_WAIT_S + 1)
             log.info("faces: stopped")
+
+
+def _opcua_sessions() -> float:
+    from asyncua.server.internal_session import InternalSession  # noqa: PLC0415
+
+    # asyncua counts activated sessions on the class: one server per faces process.
+    return float(InternalSession._current_connections)
+
+
+def _modbus_exceptions(face: ModbusFace) -> dict[str, float]:
+    return {f"0x{code:02X}": float(n) for code, n in face.counters.exceptions.items()}
+
+
+def _modbus_requests(face: ModbusFace) -> dict[str, float]:
+    exceptions = sum(face.counters.exceptions.values())
+    return {"ok": float(face.counters.requests - exceptions), "exception": float(exceptions)}
 
 
 def faces_main(config: SiteConfig, channel: FacesChannel) -> None:

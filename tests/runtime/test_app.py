@@ -144,6 +144,8 @@ async def test_opcua_commands_cross_the_process_boundary_with_per_item_codes(
                     break
                 await asyncio.sleep(0.1)
             assert await target.read_value() == -300.0
+            sessions = await asyncio.to_thread(scrape, sim_ports[9464])
+            assert sessions['appliance_opcua_sessions{site="simulated"}'] >= 1
     finally:
         process.send_signal(signal.SIGINT)
         _, err = await asyncio.to_thread(process.communicate, timeout=30)
@@ -191,6 +193,15 @@ async def test_modbus_commands_cross_the_process_boundary_with_exception_codes(
                 break
             await asyncio.sleep(0.1)
         assert decode(grid_target, list(answer.registers)) == 150.0
+        # The faces count what they answered, for Prometheus.
+        counted = await asyncio.to_thread(
+            wait_for_metric,
+            sim_ports[9464],
+            'appliance_modbus_exceptions_total{code="0x03",site="simulated"}',
+            10,
+        )
+        assert counted['appliance_modbus_exceptions_total{code="0x03",site="simulated"}'] >= 1
+        assert counted['appliance_modbus_requests_total{outcome="ok",site="simulated"}'] >= 2
     finally:
         client.close()
         process.send_signal(signal.SIGINT)
