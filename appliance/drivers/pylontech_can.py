@@ -26,6 +26,7 @@ import importlib.resources
 import logging
 import math
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -683,5 +684,11 @@ def _summary(exc: BaseException) -> str:
 
 
 def _shutdown_result(future: asyncio.Future[can.BusABC]) -> None:
+    """Shut down a bus whose open finished after its opener was cancelled.
+
+    This runs as a done-callback in the event loop's thread, and a bus shutdown joins reader
+    threads and closes sockets: do it on a thread of its own so the loop never waits for it.
+    """
     if not future.cancelled() and future.exception() is None:
-        future.result().shutdown()
+        bus = future.result()
+        threading.Thread(target=bus.shutdown, name="can-bus-shutdown", daemon=True).start()

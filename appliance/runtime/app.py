@@ -27,6 +27,7 @@ from appliance.simulation.site import simulated_site_main
 log = logging.getLogger(__name__)
 
 SIMULATION_START_TIMEOUT_S = 30.0
+STOP_STEP_TIMEOUT_S = 5.0
 
 
 def _start_simulated_site(config: SiteConfig) -> BaseProcess:
@@ -148,12 +149,21 @@ class Appliance:
         log.info("appliance: stopping")
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.tasks:
+            # Bounded: a driver stuck in a blocking call must not keep the inverters from
+            # getting their 0 W below.
+            _, stuck = await asyncio.wait(self.tasks, timeout=STOP_STEP_TIMEOUT_S)
+            for task in stuck:
+                log.error("appliance: task %s did not stop in time", task.get_name())
         if self.faces is not None:
             await loop.run_in_executor(None, self.faces.stop)
         if self.core is not None:
             await _write_safe_setpoints(self.core)
-            await self.core.close()
+            try:
+                async with asyncio.timeout(STOP_STEP_TIMEOUT_S):
+                    await self.core.close()
+            except TimeoutError:
+                log.error("appliance: devices did not close within %.0f s", STOP_STEP_TIMEOUT_S)
         await loop.run_in_executor(None, _stop_process, self.simulation)
         log.info("appliance: stopped")
 

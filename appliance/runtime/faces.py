@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 BATCH_WAIT_S = 0.25
 FACES_NICENESS = 5
+FACE_RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 COMMAND_TIMEOUT_S = 2.0  # four core cycles: a core that has not answered by then is in trouble
 
 
@@ -140,6 +141,28 @@ class FacesHost:
             faces.append(MetricsFace(context, telemetry=self.telemetry))
         return faces
 
+    async def _start(self, face: Face, started: list[Face]) -> bool:
+        """Start one face; a face that cannot start (a port in use) does not stop the others."""
+        try:
+            await face.start()
+        except Exception as exc:  # noqa: BLE001 - any failure of one face is retried, not fatal
+            log.error("faces: %s could not start (%s); retrying", face.name, exc)
+            self.telemetry.face_running(face.name, False)
+            return False
+        started.append(face)
+        self.faces.append(face)
+        self.telemetry.face_running(face.name, True)
+        return True
+
+    async def _retry(self, waiting: list[Face], started: list[Face]) -> None:
+        delay = FACE_RETRY_S[0]
+        for attempt in range(1, 1_000_000):
+            await asyncio.sleep(delay)
+            waiting = [face for face in waiting if not await self._start(face, started)]
+            if not waiting:
+                return
+            delay = FACE_RETRY_S[min(attempt, len(FACE_RETRY_S) - 1)]
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
@@ -157,15 +180,19 @@ class FacesHost:
         for thread in threads:
             thread.start()
         started: list[Face] = []
+        retrying: asyncio.Task[None] | None = None
         try:
-            for face in self.build_faces(context):
-                await face.start()
-                started.append(face)
-                self.faces.append(face)
-                self.telemetry.face_running(face.name, True)
+            waiting = [
+                face for face in self.build_faces(context) if not await self._start(face, started)
+            ]
+            if waiting:
+                retrying = asyncio.create_task(self._retry(waiting, started), name="faces.retry")
             await stopped.wait()
         finally:
             self._stop.set()
+            if retrying is not None:
+                retrying.cancel()
+                await asyncio.gather(retrying, return_exceptions=True)
             for face in reversed(started):
                 await face.stop()
                 self.telemetry.face_running(face.name, False)

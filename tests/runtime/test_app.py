@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,7 +92,7 @@ def test_run_stops_on_sigterm_with_exit_code_zero(
 ) -> None:
     process = start(sim_config_file, tmp_path)
     try:
-        wait_for_metric(sim_ports[9464], 'appliance_grid_active_power_watts{site="simulated"}', 30)
+        wait_for_metric(sim_ports[9464], 'appliance_grid_active_power_watts{site="simulated"}', 60)
     finally:
         process.terminate()
         _, err = process.communicate(timeout=30)
@@ -334,3 +335,31 @@ async def test_pysunspec2_discovers_the_running_appliance_and_reads_the_site(
         process.send_signal(signal.SIGINT)
         _, err = await asyncio.to_thread(process.communicate, timeout=30)
     assert process.returncode == 0, err
+
+
+def test_a_face_that_cannot_bind_does_not_keep_the_others_down(
+    sim_config_file: Path, sim_ports: dict[int, int], tmp_path: Path
+) -> None:
+    """OPC UA's port is taken: metrics and Modbus serve anyway; OPC UA starts once it is free."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", sim_ports[4840]))
+    blocker.listen()
+    process = start(sim_config_file, tmp_path)
+    try:
+        site = '{face="opcua",site="simulated"}'
+        values = wait_for_metric(
+            sim_ports[9464], 'appliance_grid_active_power_watts{site="simulated"}', 60
+        )
+        assert values[f"appliance_face_up{site}"] == 0.0
+        assert values['appliance_face_up{face="modbus",site="simulated"}'] == 1.0
+        blocker.close()
+        deadline = time.monotonic() + 30
+        while scrape(sim_ports[9464]).get(f"appliance_face_up{site}") != 1.0:
+            assert time.monotonic() < deadline, "OPC UA did not start after its port was freed"
+            time.sleep(0.5)
+    finally:
+        blocker.close()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "opcua could not start" in err
