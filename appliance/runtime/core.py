@@ -70,6 +70,10 @@ class Core:
             len(config.devices.surplus_loads),
         )
         self.telemetry: ClusterTelemetry | None = None
+        # Fixed for the site: computed once, not scanned from the table every cycle.
+        self._inverter_power_ids = [
+            p.id for p in self.table.in_block("inverter") if p.id.endswith(".active_power")
+        ]
         self._last_violations: tuple[str, ...] = ()
         self._initialise_points()
 
@@ -141,10 +145,7 @@ class Core:
             return  # measured directly
         grid_ok, grid_w = self.store.read_fresh("grid.active_power")
         pv_ok, pv_w = self.store.read_fresh("pv.active_power")
-        inverters = [
-            p.id for p in self.table.in_block("inverter") if p.id.endswith(".active_power")
-        ]
-        battery = self.store.snapshot(inverters)
+        battery = self.store.snapshot(self._inverter_power_ids)
         battery_ok = all(s.quality is Quality.GOOD for s in battery.values())
         if not self.config.devices.pv_meter:
             pv_ok, pv_w = True, 0.0
