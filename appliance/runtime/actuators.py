@@ -15,6 +15,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from appliance.aio import raise_if_cancelled
 from appliance.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class LatestValueWriter(Generic[T]):
             value, self._pending = self._pending, None
             if value is not None:
                 await self._write_once(value)
+                raise_if_cancelled()  # pymodbus can swallow a stop, see appliance.aio
 
     async def write_safe(self, value: T) -> bool:
         """The last write at shutdown; returns whether the actuator took it."""

@@ -14,11 +14,13 @@ import contextlib
 import importlib.resources
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 from multiprocessing.process import BaseProcess
 
 from appliance import __version__
+from appliance.aio import cancel_and_wait
 from appliance.config.schema import SiteConfig
 from appliance.runtime.core import Core
 from appliance.runtime.faces_supervisor import FacesSupervisor
@@ -34,7 +36,10 @@ def _start_simulated_site(config: SiteConfig) -> BaseProcess:
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
     process = context.Process(
-        target=simulated_site_main, args=(config, ready), name="simulated-site", daemon=True
+        target=simulated_site_main,
+        args=(config, ready, os.getpid()),
+        name="simulated-site",
+        daemon=True,
     )
     process.start()
     if not ready.wait(SIMULATION_START_TIMEOUT_S):
@@ -137,7 +142,7 @@ class Appliance:
         """Until `stop` is set (0) or a task ends, which must never happen (1)."""
         stopping = asyncio.create_task(stop.wait(), name="appliance.stop")
         done, _ = await asyncio.wait([stopping, *self.tasks], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
+        await cancel_and_wait([stopping])
         failed = [t for t in done if t is not stopping]
         for task in failed:
             log.critical("task %s ended unexpectedly: %r", task.get_name(), task.exception())
@@ -147,14 +152,9 @@ class Appliance:
         """Reverse order of start: tasks, faces, safe setpoints, devices, simulation."""
         loop = asyncio.get_running_loop()
         log.info("appliance: stopping")
-        for task in self.tasks:
-            task.cancel()
-        if self.tasks:
-            # Bounded: a driver stuck in a blocking call must not keep the inverters from
-            # getting their 0 W below.
-            _, stuck = await asyncio.wait(self.tasks, timeout=STOP_STEP_TIMEOUT_S)
-            for task in stuck:
-                log.error("appliance: task %s did not stop in time", task.get_name())
+        # Bounded: a driver stuck in a blocking call must not keep the inverters from
+        # getting their 0 W below.
+        await cancel_and_wait(self.tasks, STOP_STEP_TIMEOUT_S)
         if self.faces is not None:
             await loop.run_in_executor(None, self.faces.stop)
         if self.core is not None:

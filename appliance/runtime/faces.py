@@ -26,6 +26,7 @@ from appliance.northbound.metrics import FacesTelemetry
 if TYPE_CHECKING:
     from appliance.northbound.modbus import ModbusFace
 from appliance.runtime.channel import FacesChannel, FacesEnd, WireSample, from_wire
+from appliance.runtime.parent import stop_when_parent_exits
 from appliance.runtime.site_table import site_point_table
 from appliance.store import Sample, Value
 
@@ -82,7 +83,7 @@ class CommandPort:
 
 
 class FacesHost:
-    def __init__(self, config: SiteConfig, end: FacesEnd) -> None:
+    def __init__(self, config: SiteConfig, end: FacesEnd, parent_pid: int | None = None) -> None:
         self.config = config
         self.end = end
         self.table = site_point_table(config)
@@ -91,7 +92,7 @@ class FacesHost:
         self.telemetry = FacesTelemetry()
         self.batches = 0
         self._stop = threading.Event()
-        self._parent = os.getppid()
+        self._parent_pid = parent_pid
 
     def apply(self, batch: list[WireSample]) -> None:
         changes = dict(from_wire(item) for item in batch)
@@ -106,10 +107,6 @@ class FacesHost:
             batch = self.end.next_batch(BATCH_WAIT_S)
             if batch is not None:
                 loop.call_soon_threadsafe(self.apply, batch)
-            if os.getppid() != self._parent:  # the core is gone: nothing left to serve
-                log.error("faces: the core process went away; stopping")
-                loop.call_soon_threadsafe(stopped.set)
-                return
 
     def _receive_results(self, loop: asyncio.AbstractEventLoop, port: CommandPort) -> None:
         while not self._stop.is_set():
@@ -167,6 +164,8 @@ class FacesHost:
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stopped.set)
+        if self._parent_pid is not None:
+            stop_when_parent_exits(self._parent_pid, loop, stopped, "faces")
         port = CommandPort(self.end, loop)
         context = FaceContext(self.config, self.table, self.mirror, self.telemetry.counting(port))
         threads = [
@@ -217,7 +216,7 @@ def _modbus_requests(face: ModbusFace) -> dict[str, float]:
     return {"ok": float(face.counters.requests - exceptions), "exception": float(exceptions)}
 
 
-def faces_main(config: SiteConfig, channel: FacesChannel) -> None:
+def faces_main(config: SiteConfig, channel: FacesChannel, parent_pid: int) -> None:
     """Entry point of the faces process (spawned by the core's supervisor)."""
     # Ctrl-C reaches the whole process group; the core decides when the faces stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -228,4 +227,4 @@ def faces_main(config: SiteConfig, channel: FacesChannel) -> None:
         level=config.logging.level,
         format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s",
     )
-    asyncio.run(FacesHost(config, FacesEnd(channel)).run())
+    asyncio.run(FacesHost(config, FacesEnd(channel), parent_pid).run())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from multiprocessing.process import BaseProcess
 
 from appliance.config.schema import SiteConfig
@@ -40,7 +41,7 @@ class FacesSupervisor:
         self._subscription = self.core.store.subscribe("faces")
         self.core_end = CoreEnd(channel)
         process = self._context.Process(
-            target=faces_main, args=(self.config, channel), name="faces", daemon=True
+            target=faces_main, args=(self.config, channel, os.getpid()), name="faces", daemon=True
         )
         process.start()
         self.process = process

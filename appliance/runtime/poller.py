@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from appliance.aio import raise_if_cancelled
 from appliance.errors import DriverError, NotSupported
 from appliance.store import DataStore, Value
 
@@ -137,6 +138,7 @@ class Poller:
         next_at = loop.time()
         while True:
             await self.poll_once()
+            raise_if_cancelled()  # pymodbus can swallow a stop, see appliance.aio
             next_at += self.next_delay_s()
             now = loop.time()
             next_at = max(next_at, now)  # a read longer than the period: skip, don't pile up

@@ -19,6 +19,7 @@ from multiprocessing.synchronize import Event as MpEvent
 from appliance.config.schema import MeterConfig, SiteConfig, TcpConnection
 from appliance.drivers.base import MeterReading
 from appliance.errors import ConfigError
+from appliance.runtime.parent import stop_when_parent_exits
 from appliance.simulation.devices.pylontech_sim import (
     BmsValues,
     PylontechSimulator,
@@ -264,11 +265,13 @@ def _bms_source(plant: Plant, index: int) -> Callable[[], BmsValues]:
     return source
 
 
-async def _serve(config: SiteConfig, ready: MpEvent | None) -> None:
+async def _serve(config: SiteConfig, ready: MpEvent | None, parent_pid: int | None) -> None:
     site = SimulatedSite(config)
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopped.set)
+    if parent_pid is not None:
+        stop_when_parent_exits(parent_pid, loop, stopped, "simulated site")
     await site.start()
     for endpoint in site.endpoints:
         log.info("simulated site: %s", endpoint)
@@ -283,11 +286,13 @@ async def _serve(config: SiteConfig, ready: MpEvent | None) -> None:
         await site.stop()
 
 
-def simulated_site_main(config: SiteConfig, ready: MpEvent | None = None) -> None:
+def simulated_site_main(
+    config: SiteConfig, ready: MpEvent | None = None, parent_pid: int | None = None
+) -> None:
     """Entry point of the simulated-site process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the appliance decides when we stop
     logging.basicConfig(
         level=config.logging.level,
         format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s",
     )
-    asyncio.run(_serve(config, ready))
+    asyncio.run(_serve(config, ready, parent_pid))

@@ -10,7 +10,6 @@ v2 write API.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.resources
 import itertools
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.aio import cancel_and_wait
 from appliance.archive import STATUS_MEASUREMENT, ArchiveFace
 from appliance.config import load_config_text
 from appliance.northbound.face import FaceContext
@@ -97,11 +97,7 @@ async def test_the_running_site_is_archived_and_exported_with_its_real_samples(
         assert metrics.port is not None
         scraped = await asyncio.to_thread(scrape_text, metrics.port)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        assert not await cancel_and_wait(tasks)
         subscription.close()
         await metrics.stop()
         await archive.stop()

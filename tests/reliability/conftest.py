@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.aio import cancel_and_wait
 from appliance.config.schema import SiteConfig
 from appliance.control.command_types import CommandRequest
 from appliance.control.modes import STATE_NUMBER
@@ -130,11 +131,11 @@ async def stop_running(running: RunningSite) -> None:
 
     Every step runs even if an earlier one hung, so that one hang does not leak the rest.
     """
-    for task in running.tasks:
-        task.cancel()
     problems: list[str] = []
+    stuck = await cancel_and_wait(running.tasks, STOP_TIMEOUT_S)
+    if stuck:
+        problems.append(f"tasks did not stop: {sorted(t.get_name() for t in stuck)}")
     steps: list[tuple[str, Awaitable[object]]] = [
-        ("the appliance's tasks", asyncio.gather(*running.tasks, return_exceptions=True)),
         ("Core.close()", running.core.close()),
         ("SimulatedSite.stop()", running.site.stop()),
     ]

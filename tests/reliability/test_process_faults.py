@@ -52,7 +52,16 @@ def start(config: Path, cwd: Path) -> subprocess.Popen[str]:
 async def finish(process: subprocess.Popen[str], sig: int) -> tuple[int, str]:
     if process.poll() is None:
         process.send_signal(sig)
-    _, err = await asyncio.to_thread(process.communicate, timeout=30)
+    try:
+        _, err = await asyncio.to_thread(process.communicate, timeout=30)
+    except subprocess.TimeoutExpired as exc:
+        # A child (faces, simulation) outlived the core and still holds the output pipes.
+        process.kill()
+        await asyncio.to_thread(
+            subprocess.run, ["pkill", "-KILL", "-f", "multiprocessing.spawn"], check=False
+        )
+        tail = str(exc.stderr or "")[-3000:]
+        raise AssertionError(f"the appliance's children did not stop: {tail}") from None
     return process.returncode, err
 
 

@@ -9,13 +9,13 @@ so that the only disturbance is the step under test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
 
 import pytest
 
+from appliance.aio import cancel_and_wait
 from appliance.config import load_config
 from appliance.control.command_types import CommandRequest
 from appliance.runtime.core import Core
@@ -78,10 +78,6 @@ async def test_running_appliance_settles_a_2_kw_load_step(sim_config_file: Path)
         assert settle_s < 8.0, f"2 kW step settled in {settle_s:.2f} s"
         assert core.stats.overruns == 0
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        assert not await cancel_and_wait(tasks)
         await core.close()
         await site.stop()

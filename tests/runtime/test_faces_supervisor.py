@@ -8,7 +8,6 @@ maxself, and the faces (metrics, OPC UA) come back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.aio import cancel_and_wait
 from appliance.config import load_config
 from appliance.control.command_types import CommandRequest
 from appliance.runtime.core import Core
@@ -92,11 +92,7 @@ async def test_killed_faces_process_is_restarted_while_control_keeps_its_time(
         assert core.store.get("controller.state").value == MAXSELF
         assert sum(w.writes for w in writers) > writes_before + 2 * len(writers)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        assert not await cancel_and_wait(tasks)
         await asyncio.to_thread(supervisor.stop)
         await core.close()
         await site.stop()

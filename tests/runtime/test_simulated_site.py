@@ -7,12 +7,12 @@ BMS frames through a socketcand bridge) and the core's drivers meet on 127.0.0.1
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 
 import pytest
 
+from appliance.aio import cancel_and_wait
 from appliance.config import load_config
 from appliance.runtime.core import Core
 from appliance.simulation.site import SimulatedSite
@@ -56,11 +56,7 @@ async def test_all_device_points_turn_good_within_five_seconds(sim_config_file: 
             state.pv_w, rel=0.2, abs=200
         )
     finally:
-        for task in [*tasks, stepping]:
-            task.cancel()
-        for task in [*tasks, stepping]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        assert not await cancel_and_wait([*tasks, stepping])
         await core.close()
         await site.stop()
 
@@ -90,11 +86,7 @@ async def test_a_surplus_relay_switched_by_the_core_switches_the_plant_load(
         assert await relays.write_safe((False,))
         assert site.plant.step(0.1).load_w == pytest.approx(before, abs=300.0)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        assert not await cancel_and_wait(tasks)
         await core.close()
         await site.stop()
 
@@ -138,10 +130,6 @@ async def test_a_pwm_heater_is_time_proportioned_on_its_relay(heater_config_file
         await asyncio.sleep(0.1)
         assert site.relay_simulators[next(iter(site.relay_simulators))].relays[1] is False
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        assert not await cancel_and_wait(tasks)
         await core.close()
         await site.stop()
