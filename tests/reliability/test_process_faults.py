@@ -27,7 +27,7 @@ from tests.reliability.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
-Received = list[tuple[float, int, float]]  # (time.monotonic(), node, watts)
+Received = list[tuple[float, int, float]]  # (loop time = time.monotonic(), node, watts)
 
 
 def write_config(tmp_path: Path, ports: dict[int, int], initial_mode: str, name: str) -> Path:
@@ -84,13 +84,9 @@ async def owned_site(tmp_path: Path) -> AsyncIterator[OwnedSite]:
     await site.start()
     received: Received = []
     for node, inverter in enumerate(site.inverter_simulators, start=1):
-        sink = inverter._on_setpoint
-
-        def recording(watts: float, node: int = node, sink: object = sink) -> None:
-            received.append((time.monotonic(), node, watts))
-            sink(watts)  # type: ignore[operator]
-
-        inverter._on_setpoint = recording
+        inverter.setpoint_listeners.append(
+            lambda at, watts, node=node: received.append((at, node, watts))  # type: ignore[misc]
+        )
     stepping = asyncio.create_task(site.run(), name="plant")
     try:
         yield OwnedSite(site, ports, received)

@@ -153,6 +153,9 @@ class SunSpecInverterSimulator(ModbusDeviceServer):
         super().__init__(unit_id=unit_id, name=name)
         self._source = node_source
         self._on_setpoint = on_setpoint
+        #: Called with (loop time, watts) for every setpoint the inverter takes: for tests and
+        #: benchmarks that time what arrives at the device.
+        self.setpoint_listeners: list[Callable[[float, float], None]] = []
         self._models = models or load_sunspec_models()
         self._rated_w = rated_power_w
         self._rated_charge_w = rated_charge_w if rated_charge_w is not None else rated_power_w
@@ -440,6 +443,9 @@ class SunSpecInverterSimulator(ModbusDeviceServer):
     def _set_setpoint(self, setpoint_w: float) -> None:
         self._setpoint_w = setpoint_w
         self._on_setpoint(setpoint_w)  # a failure here answers 0x04 (or is logged by asyncio)
+        now = asyncio.get_running_loop().time()
+        for listener in self.setpoint_listeners:
+            listener(now, setpoint_w)
 
     def _revert(self) -> None:
         self._revert_handle = self._revert_deadline = None
