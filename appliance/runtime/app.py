@@ -22,7 +22,7 @@ from multiprocessing.process import BaseProcess
 from appliance import __version__
 from appliance.aio import cancel_and_wait
 from appliance.config.schema import SiteConfig
-from appliance.runtime.core import Core
+from appliance.runtime.core import GRID_POLL_LEAD_S, Core
 from appliance.runtime.faces_supervisor import FacesSupervisor
 from appliance.simulation.site import simulated_site_main
 
@@ -135,7 +135,9 @@ class Appliance:
             asyncio.create_task(w.run(), name=f"actuate[{w.name}]")
             for w in devices.heater_writers.values()
         ]
-        self.tasks.append(asyncio.create_task(core.run_cycles(), name="control.cycle"))
+        self.tasks.append(
+            asyncio.create_task(core.run_cycles(GRID_POLL_LEAD_S), name="control.cycle")
+        )
         return core
 
     async def wait(self, stop: asyncio.Event) -> int:

@@ -21,12 +21,17 @@ from appliance.control.commands import validate_command
 from appliance.control.site import SiteController
 from appliance.control.site_io import ClusterTelemetry, ControlOutputs
 from appliance.runtime.devices import Devices, build_devices
-from appliance.runtime.poller import Poller
+from appliance.runtime.poller import Poller, next_slot
 from appliance.runtime.site_inputs import SiteInputsBuilder
 from appliance.runtime.site_table import site_point_table
 from appliance.store import DataStore, Quality
 
 log = logging.getLogger(__name__)
+
+#: The control cycle's slots lag the pollers' by this much: a grid meter read over Modbus TCP
+#: (a few ms, even under load) is in the store when the cycle runs. A slower read (RTU at
+#: 9600 baud takes ~0.2 s) is used by the next cycle instead; staleness limits are unaffected.
+GRID_POLL_LEAD_S = 0.08
 
 _STATUS_RUNNING, _STATUS_DEGRADED = 1, 2
 _INITIAL_MODES = {"stop": 0, "activate": 1, "maxself": 2, "chargeonly": 3}
@@ -196,10 +201,16 @@ class Core:
 
     # -- the loop ----------------------------------------------------------------
 
-    async def run_cycles(self) -> None:
-        """Run `cycle` every period on a fixed schedule, measuring how late each one starts."""
+    async def run_cycles(self, phase_s: float = 0.0) -> None:
+        """Run `cycle` every period on a fixed schedule, measuring how late each one starts.
+
+        The slots are `phase_s` after those of pollers started together with this task
+        (`GRID_POLL_LEAD_S`): a meter read at the start of its slot is in the store when the
+        cycle runs, so a change waits for one poll, not for a poll and then a cycle.
+        """
         loop = asyncio.get_running_loop()
-        scheduled = loop.time()
+        scheduled = loop.time() + phase_s
+        await asyncio.sleep(phase_s)
         while True:
             now = loop.time()
             lateness = max(0.0, now - scheduled)
@@ -213,7 +224,8 @@ class Core:
             self.cycle(lateness)
             for hook in self.cycle_hooks:
                 hook()
-            # After an overrun the schedule restarts from this cycle: the missed cycles are
-            # counted above, not run as a burst of catch-up cycles.
-            scheduled = (now if overrun else scheduled) + self.period_s
+            # The slot after this cycle's start: a cycle that ran past it starts late and is
+            # counted above; slots missed by a late start are skipped, not run as a burst of
+            # catch-up cycles, and the phase is kept.
+            scheduled = next_slot(scheduled, now, self.period_s)
             await asyncio.sleep(max(0.0, scheduled - loop.time()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ class Measurement:
 
 
 ReadFn = Callable[[], Awaitable[Measurement]]
+
+
+def next_slot(previous: float, now: float, period_s: float) -> float:
+    """The first slot of the schedule `previous + k * period_s` (k >= 1) that is not past."""
+    k = max(1, math.floor((now - previous) / period_s) + 1)
+    return previous + k * period_s
 
 
 class Poller:
@@ -139,7 +146,11 @@ class Poller:
         while True:
             await self.poll_once()
             raise_if_cancelled()  # pymodbus can swallow a stop, see appliance.aio
-            next_at += self.next_delay_s()
             now = loop.time()
-            next_at = max(next_at, now)  # a read longer than the period: skip, don't pile up
+            if self.failures <= 1:
+                # A read longer than the period skips slots instead of piling up, and keeps
+                # the phase that the control cycle's schedule is set against.
+                next_at = next_slot(next_at, now, self.interval_s)
+            else:  # backing off, still on the schedule's slots for when it answers again
+                next_at = next_slot(next_at, now + self.next_delay_s(), self.interval_s)
             await asyncio.sleep(next_at - now)

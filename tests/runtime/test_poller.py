@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 
 import pytest
 
+from appliance.aio import cancel_and_wait
 from appliance.clock import ManualClock
 from appliance.errors import DeviceTimeout
 from appliance.points.table import shipped_point_table
-from appliance.runtime.poller import Measurement, Poller
+from appliance.runtime.poller import Measurement, Poller, next_slot
 from appliance.store import DataStore, Quality
 
 
@@ -115,3 +117,35 @@ async def test_event_driven_device_waits_quietly_for_its_first_frame(
         assert not await poller.poll_once()
     assert store.get("grid.active_power").quality is Quality.BAD
     assert [r.levelno for r in caplog.records].count(logging.ERROR) == 1
+
+
+def test_next_slot_keeps_the_phase_and_skips_missed_slots() -> None:
+    assert next_slot(10.0, 10.2, 0.5) == 10.5  # on time: the next slot
+    assert next_slot(10.0, 10.5, 0.5) == 11.0  # exactly at a slot: that one is taken, go on
+    assert next_slot(10.0, 11.7, 0.5) == 12.0  # three slots missed: skipped, not piled up
+    assert next_slot(10.0, 9.0, 0.5) == 10.5  # never the same or an earlier slot
+
+
+async def test_a_slow_read_does_not_shift_the_later_polls(store: DataStore) -> None:
+    """The control cycle's phase is set against the pollers' slots: they must keep them."""
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+    six = asyncio.Event()
+
+    async def read() -> Measurement:
+        starts.append(loop.time())
+        if len(starts) == 6:
+            six.set()
+        if len(starts) == 2:
+            await asyncio.sleep(0.13)  # longer than two periods
+        return Measurement({"grid.active_power": 1.0})
+
+    poller = Poller("grid_meter", read, store, ["grid.active_power"], interval_s=0.05)
+    task = asyncio.create_task(poller.run())
+    await asyncio.wait_for(six.wait(), 5)
+    assert not await cancel_and_wait([task])
+    origin = starts[0]
+    for at in starts[2:]:
+        offset = (at - origin) % 0.05
+        assert min(offset, 0.05 - offset) < 0.015, [round(s - origin, 3) for s in starts]
+    assert starts[2] - starts[1] > 0.13  # the slots during the slow read were skipped
