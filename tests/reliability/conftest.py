@@ -23,7 +23,7 @@ from appliance.config.schema import SiteConfig
 from appliance.control.command_types import CommandRequest
 from appliance.control.modes import STATE_NUMBER
 from appliance.runtime.actuators import LatestValueWriter
-from appliance.runtime.core import Core
+from appliance.runtime.core import GRID_POLL_LEAD_S, Core
 from appliance.simulation.plant import Plant
 from appliance.simulation.site import SimulatedSite
 from appliance.simulation.site_config import simulated_site_on_free_ports
@@ -118,7 +118,9 @@ async def start_running(tmp_path: Path) -> RunningSite:
             asyncio.create_task(w.run(), name=f"actuate[{w.name}]")
             for w in core.devices.inverter_writers.values()
         ]
-        running.tasks.append(asyncio.create_task(core.run_cycles(), name="control.cycle"))
+        running.tasks.append(
+            asyncio.create_task(core.run_cycles(GRID_POLL_LEAD_S), name="control.cycle")
+        )
         running.tasks.append(asyncio.create_task(site.run(), name="plant"))
     except BaseException:
         await stop_running(running)

@@ -18,7 +18,7 @@ import pytest
 from appliance.aio import cancel_and_wait
 from appliance.config import load_config
 from appliance.control.command_types import CommandRequest
-from appliance.runtime.core import Core
+from appliance.runtime.core import GRID_POLL_LEAD_S, Core
 from appliance.simulation.plant import Plant
 from appliance.simulation.site import SimulatedSite
 
@@ -55,7 +55,7 @@ async def test_running_appliance_settles_a_2_kw_load_step(sim_config_file: Path)
         asyncio.create_task(w.run(), name=f"actuate[{w.name}]")
         for w in core.devices.inverter_writers.values()
     ]
-    tasks += [asyncio.create_task(core.run_cycles(), name="control.cycle")]
+    tasks += [asyncio.create_task(core.run_cycles(GRID_POLL_LEAD_S), name="control.cycle")]
     tasks += [asyncio.create_task(site.run(), name="plant")]
     try:
         # maxself is refused until an inverter and its BMS are online (first CAN frames).
