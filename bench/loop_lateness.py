@@ -7,7 +7,7 @@ process (so that the load does not share this process's CPU time), 10 OPC UA cli
 subscribe to every point of the site at 500 ms, and 8 Modbus clients poll back to back when
 the appliance serves Modbus. The idle phase of the same run is the baseline.
 
-    .venv/bin/python bench/loop_lateness.py [--seconds 30] [--no-write]
+    .venv/bin/python -m bench.loop_lateness [--seconds 30] [--no-write]
 
 Prints the table and writes it into docs/performance.md (between its loop-lateness markers).
 """
@@ -34,10 +34,8 @@ from appliance.runtime.app import Appliance
 from appliance.runtime.core import Core
 from appliance.runtime.site_table import site_point_table
 from appliance.simulation.site_config import simulated_site_on_free_ports
+from bench.report import write_section
 
-REPO = Path(__file__).resolve().parent.parent
-REPORT = REPO / "docs" / "performance.md"
-BEGIN, END = "<!-- loop-lateness:begin -->", "<!-- loop-lateness:end -->"
 MAXSELF = 2
 OPCUA_CLIENTS = 10
 MODBUS_CLIENTS = 8
@@ -119,7 +117,7 @@ async def _load(
     return text
 
 
-def _load_process(
+def load_process(
     args: tuple[str, list[str], str, int | None, float], result: multiprocessing.Queue[str]
 ) -> None:
     logging.basicConfig(level=logging.WARNING)
@@ -171,7 +169,7 @@ async def measure(seconds: float) -> list[Phase]:
             result: multiprocessing.Queue[str] = context.Queue()
             load_seconds = seconds + 8  # connecting and subscribing come first
             worker = context.Process(
-                target=_load_process,
+                target=load_process,
                 args=(
                     (url, node_ids, config.faces.opcua.namespace_uri, modbus_port, load_seconds),
                     result,
@@ -201,10 +199,9 @@ def _modbus_served(config: SiteConfig) -> bool:
 
 def report(phases: list[Phase], seconds: float) -> str:
     lines = [
-        BEGIN,
         "## Control loop lateness under face load (`bench/loop_lateness.py`)",
         "",
-        f"Command: `.venv/bin/python bench/loop_lateness.py --seconds {seconds:g}`; "
+        f"Command: `.venv/bin/python -m bench.loop_lateness --seconds {seconds:g}`; "
         f"{platform.machine()}, {multiprocessing.cpu_count()} cores, Python {platform.python_version()}. "
         "Lateness is the start of a control cycle minus its slot on the 500 ms schedule; an "
         "overrun is a cycle a whole period late. The idle phase of the same run is the baseline.",
@@ -214,24 +211,8 @@ def report(phases: list[Phase], seconds: float) -> str:
         *(p.row() for p in phases),
         "",
         "Goal: p99 under 20 ms and no overrun under load.",
-        END,
     ]
     return "\n".join(lines)
-
-
-def write_report(section: str) -> None:
-    text = (
-        REPORT.read_text()
-        if REPORT.exists()
-        else "# Performance\n\nFigures of real runs on this project's machines.\n"
-    )
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    REPORT.write_text(text)
 
 
 def main() -> int:
@@ -246,7 +227,7 @@ def main() -> int:
     section = report(phases, args.seconds)
     print(section)
     if not args.no_write:
-        write_report(section)
+        write_section("loop-lateness", section)
     loaded = phases[-1]
     values = sorted(loaded.lateness_ms)
     p99 = values[min(len(values) - 1, int(0.99 * len(values)))]
