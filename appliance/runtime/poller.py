@@ -75,6 +75,7 @@ class Poller:
         self.up = False
         self._down_logged = False  # one ERROR per outage, one INFO when it ends
         self.failures = 0  # consecutive failed polls
+        self._last_good: float | None = None  # monotonic time of the last answered poll
         self.polls = 0
         self.errors = 0
 
@@ -102,18 +103,27 @@ class Poller:
         self._down_logged = False
         self.up = True
         self.failures = 0
+        self._last_good = started
         return True
 
     def _went_down(self, exc: DriverError) -> None:
+        """A failed poll; the device is declared down once its last values have gone stale.
+
+        Until then a failed poll changes nothing: one lost answer does not disturb the
+        control while the values are within their staleness limit. Past the limit the
+        values read STALE (OPC UA: Uncertain) and the next failed poll marks them BAD, so a
+        client sees Good -> Uncertain -> Bad when a device stops answering.
+        """
         self.failures += 1
-        if (
-            not self.up
-            and not self._down_logged
-            and (self._store.clock.monotonic() < self._grace_until)
-        ):
+        now = self._store.clock.monotonic()
+        if not self.up and not self._down_logged and now < self._grace_until:
             log.debug("%s: waiting for the first reading (%s)", self.name, exc)
             return
         self.errors += 1
+        limit = self._store.stale_after_s(self._point_ids) or 0.0
+        if self.up and self._last_good is not None and now - self._last_good <= limit:
+            log.debug("%s: no answer (%s); last values still within %.1f s", self.name, exc, limit)
+            return
         if not self._down_logged:
             log.error("%s: not answering (%s); its points are marked bad", self.name, exc)
             self._down_logged = True

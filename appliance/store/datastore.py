@@ -55,6 +55,16 @@ class DataStore:
             for point_id in point_ids:
                 self._entry(point_id).stale_after_s = stale_after_s
 
+    def stale_after_s(self, point_ids: Iterable[str]) -> float | None:
+        """The shortest staleness limit among these points (None: none of them has one)."""
+        with self._lock:
+            limits = [
+                e.stale_after_s
+                for e in (self._entry(p) for p in point_ids)
+                if e.stale_after_s is not None
+            ]
+        return min(limits) if limits else None
+
     # -- writing -----------------------------------------------------------------
 
     def put(self, point_id: str, value: Value | None, timestamp: float | None = None) -> None:

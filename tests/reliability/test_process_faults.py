@@ -8,92 +8,18 @@ SIGTERM or killed with SIGKILL. Figures measured: docs/reliability.md.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from appliance.config import load_config
-from appliance.simulation.plant import Plant
-from appliance.simulation.site import SimulatedSite
 from appliance.simulation.site_config import SIMULATED_PORTS, free_ports, simulated_site_text
-from tests.reliability.conftest import wait_until
+from tests.reliability.conftest import OwnedSite, finish, start, wait_until, write_config
 
 pytestmark = pytest.mark.slow
-
-Received = list[tuple[float, int, float]]  # (loop time = time.monotonic(), node, watts)
-
-
-def write_config(tmp_path: Path, ports: dict[int, int], initial_mode: str, name: str) -> Path:
-    text = simulated_site_text(ports, tmp_path / "var")
-    text = text.replace("initial_mode: stop", f"initial_mode: {initial_mode}")
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
-def start(config: Path, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "appliance", "run", "--config", str(config)],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-async def finish(process: subprocess.Popen[str], sig: int) -> tuple[int, str]:
-    if process.poll() is None:
-        process.send_signal(sig)
-    try:
-        _, err = await asyncio.to_thread(process.communicate, timeout=30)
-    except subprocess.TimeoutExpired as exc:
-        # A child (faces, simulation) outlived the core and still holds the output pipes.
-        process.kill()
-        await asyncio.to_thread(
-            subprocess.run, ["pkill", "-KILL", "-f", "multiprocessing.spawn"], check=False
-        )
-        tail = str(exc.stderr or "")[-3000:]
-        raise AssertionError(f"the appliance's children did not stop: {tail}") from None
-    return process.returncode, err
-
-
-@dataclasses.dataclass
-class OwnedSite:
-    site: SimulatedSite
-    ports: dict[int, int]
-    received: Received
-
-
-@pytest.fixture
-async def owned_site(tmp_path: Path) -> AsyncIterator[OwnedSite]:
-    """The simulated site in the test process; every setpoint an inverter takes is recorded."""
-    ports = dict(zip(SIMULATED_PORTS, free_ports(len(SIMULATED_PORTS)), strict=True))
-    site = SimulatedSite(load_config(write_config(tmp_path, ports, "stop", "site.yaml")))
-    site.plant = Plant(
-        dataclasses.replace(site.plant.params, cloud_transients=False, appliance_events=False)
-    )
-    site.plant.set_load_offset_w(6000.0)  # the house needs the battery: maxself discharges
-    await site.start()
-    received: Received = []
-    for node, inverter in enumerate(site.inverter_simulators, start=1):
-        inverter.setpoint_listeners.append(
-            lambda at, watts, node=node: received.append((at, node, watts))  # type: ignore[misc]
-        )
-    stepping = asyncio.create_task(site.run(), name="plant")
-    try:
-        yield OwnedSite(site, ports, received)
-    finally:
-        stepping.cancel()
-        await asyncio.gather(stepping, return_exceptions=True)
-        await site.stop()
 
 
 async def test_sigterm_during_maxself_leaves_every_inverter_at_zero(

@@ -38,7 +38,7 @@ def store(clock: ManualClock) -> DataStore:
 
 
 async def test_down_and_back_marks_points_and_logs_once_each_way(
-    store: DataStore, caplog: pytest.LogCaptureFixture
+    store: DataStore, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     meter = Meter()
     poller = Poller(
@@ -56,6 +56,7 @@ async def test_down_and_back_marks_points_and_logs_once_each_way(
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="appliance.runtime.poller"):
         for _ in range(5):
+            clock.advance(0.5)
             assert not await poller.poll_once()
     assert store.get("grid.active_power").quality is Quality.BAD
     assert store.get("grid.active_power").value == 500.0  # kept for display
@@ -117,6 +118,25 @@ async def test_event_driven_device_waits_quietly_for_its_first_frame(
         assert not await poller.poll_once()
     assert store.get("grid.active_power").quality is Quality.BAD
     assert [r.levelno for r in caplog.records].count(logging.ERROR) == 1
+
+
+async def test_a_silent_device_reads_good_then_uncertain_then_bad(
+    store: DataStore, clock: ManualClock
+) -> None:
+    """One lost answer changes nothing; past the staleness limit (2 s for the grid power)
+    the values are STALE, and the next failed poll declares the device down."""
+    meter = Meter()
+    poller = Poller("grid_meter", meter.read, store, ["grid.active_power"], interval_s=0.5)
+    assert await poller.poll_once()
+    meter.down = True
+    qualities = []
+    for _ in range(6):
+        clock.advance(0.5)
+        qualities.append(store.get("grid.active_power").quality)
+        await poller.poll_once()
+    assert qualities == [Quality.GOOD] * 4 + [Quality.STALE, Quality.BAD]
+    assert poller.up is False
+    assert poller.errors == 6  # every failed poll counted, one declared outage
 
 
 def test_next_slot_keeps_the_phase_and_skips_missed_slots() -> None:
