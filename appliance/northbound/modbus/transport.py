@@ -230,7 +230,10 @@ class TcpConnection(Connection):
         return Client(label, may_write=Policy.contains(policy.write, host))
 
     def _activity(self) -> None:
-        self._set_timer(self.hub.policy.idle_timeout_s, self._idle)
+        # Armed once at connect; re-armed only by a complete request (`_deframe`): a client
+        # that trickles a byte now and then is idle too, and must not keep a slot for ever.
+        if self._timer is None:
+            self._set_timer(self.hub.policy.idle_timeout_s, self._idle)
 
     def _idle(self) -> None:
         log.info(
@@ -252,6 +255,8 @@ class TcpConnection(Connection):
             request = bytes(buffer[7 : 6 + length])
             del buffer[: 6 + length]
             self._enqueue(unit_id, transaction_id, request)
+            if self._worker is not None:  # not closed by the enqueue
+                self._set_timer(self.hub.policy.idle_timeout_s, self._idle)
 
     def _frame(self, unit_id: int, transaction_id: int, response: bytes) -> bytes:
         return _FRAMER_TCP.encode(response, unit_id, transaction_id)

@@ -72,7 +72,10 @@ SERVER_PROFILES = (
 # SCADA / HMI clients, the load the faces process is sized for.
 MAX_CONNECTIONS = 32  # TCP connections, including those not yet activated
 MIN_PUBLISHING_INTERVAL_MS = 100.0  # asyncua accepts any interval, even 0
-MAX_SESSION_TIMEOUT_MS = 300_000.0  # an abandoned session (and its subscriptions) lives this long
+# An abandoned session (and its subscriptions) holds one of `max_sessions` this long: a
+# client that drops a few sessions must not lock every other client out for minutes.
+MAX_SESSION_TIMEOUT_MS = 60_000.0
+PENDING_ACTIVATION_S = 10  # a connection that never activates a session is closed then
 MAX_MONITORED_ITEM_QUEUE = 1000
 
 _WILDCARD = ("0.0.0.0", "::")  # noqa: S104 - names of the wildcard binds, not a bind
@@ -206,11 +209,13 @@ class OpcUaFace:
         iserver.max_subscriptions = settings.max_subscriptions
         iserver.max_connections = MAX_CONNECTIONS
         iserver.max_session_timeout_ms = MAX_SESSION_TIMEOUT_MS
+        iserver.max_pending_activation_seconds = PENDING_ACTIVATION_S
         iserver.max_monitored_item_queue_size = MAX_MONITORED_ITEM_QUEUE
         # A class attribute in asyncua: it limits every server of the process, and the
         # faces process runs exactly one.
         InternalSession.max_connections = settings.max_sessions
         _clamp_publishing_interval(iserver.subscription_service)
+        _forget_subscription_loggers(iserver.subscription_service)
         if "NoSecurity" in settings.security_policies:
             log.warning(
                 "opcua: the NoSecurity endpoint is enabled: values and commands travel "
@@ -345,6 +350,26 @@ def _clamp_publishing_interval(service: Any) -> None:
     # The instance attribute shadows the method; sessions call through the instance.
     # (ModifySubscription needs nothing: asyncua ignores the requested values there.)
     setattr(service, "create_subscription", create_subscription)  # noqa: B010
+
+
+def _forget_subscription_loggers(service: Any) -> None:
+    """Drop the logger asyncua makes for each subscription once the subscription is gone.
+
+    asyncua 2.1 calls getLogger(f"...monitored_item_service.{SubscriptionId}") per
+    subscription and the logging module keeps every logger for good: about 0.7 KiB for
+    each subscription ever created, which a server running for years cannot afford.
+    """
+    delete = service.delete_subscriptions
+    prefix = "asyncua.server.monitored_item_service."
+
+    async def delete_subscriptions(ids: list[int]) -> list[ua.StatusCode]:
+        result: list[ua.StatusCode] = await delete(ids)
+        with logging._lock:  # type: ignore[attr-defined]  # the logging module's own lock
+            for subscription_id in ids:
+                logging.Logger.manager.loggerDict.pop(f"{prefix}{subscription_id}", None)
+        return result
+
+    setattr(service, "delete_subscriptions", delete_subscriptions)  # noqa: B010
 
 
 def _build_date() -> datetime:
