@@ -217,9 +217,15 @@ class OpcUaFace:
         _clamp_publishing_interval(iserver.subscription_service)
         _forget_subscription_loggers(iserver.subscription_service)
         if "NoSecurity" in settings.security_policies:
+            # A password is encrypted with the server certificate's key only when a secure
+            # policy is offered; with NoSecurity alone, clients send it in plain text.
+            secure = [p for p in settings.security_policies if p != "NoSecurity"]
             log.warning(
                 "opcua: the NoSecurity endpoint is enabled: values and commands travel "
-                "unsigned and unencrypted (passwords are still encrypted)"
+                "unsigned and unencrypted (%s)",
+                "passwords are still encrypted"
+                if secure
+                else "no secure policy is offered: passwords travel in plain text too",
             )
 
     async def _load_certificate(self, server: Server) -> None:
