@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test check lint typecheck pytest bench-check docs dist ansible-check clean
+.PHONY: run test check lint typecheck pytest bench-check bench docs dist ansible-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ test: $(TEST_STAMP)
 ## bench-check: the control benchmark's goals for the default profile (deterministic, ~10 s)
 bench-check: $(TEST_STAMP)
 	$(BIN)/python bench/control.py --check
+
+## bench: every benchmark, each writing its figures into docs/performance.md (~25 min on 2 cores)
+BENCHES := loop_lateness meter_to_setpoint modbus_slave opcua_server scale archive_throughput soak
+bench: $(TEST_STAMP)
+	bash scripts/install-test-servers.sh
+	$(BIN)/python bench/control.py
+	set -e; for b in $(BENCHES); do echo "== bench.$$b"; $(BIN)/python -m bench.$$b; done
 
 check: lint typecheck
 

@@ -605,6 +605,35 @@ def render(reports: Sequence[ProfileReport]) -> str:
     return "\n".join(parts)
 
 
+def _write_summary(reached: Sequence[Goal]) -> None:
+    """The default profile's goals, in docs/performance.md next to the other benchmarks."""
+    sys.path.insert(0, str(ROOT))  # run as a script: bench/ itself is on the path, not ROOT
+    from bench.report import write_section  # noqa: PLC0415
+
+    rows = [
+        f"| {g.name} | {_fmt(g.value, g.unit)} | {g.limit:g} {g.unit} | "
+        f"{'met' if g.met else 'NOT met'} |"
+        for g in reached
+    ]
+    write_section(
+        "control-quality",
+        "\n".join(
+            [
+                "## Control quality (`bench/control.py`)",
+                "",
+                f"Command: `.venv/bin/python bench/control.py`; profile `{DEFAULT_PROFILE}` (the "
+                "default). The pure controllers on the plant model, every profile compared with "
+                "an oracle in the same run: tables in [control-performance.md]"
+                "(control-performance.md).",
+                "",
+                "| goal | measured | limit | |",
+                "|---|---|---|---|",
+                *rows,
+            ]
+        ),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -621,11 +650,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = render(reports)
     print(text)
     print(f"(benchmark run time {time.perf_counter() - started:.1f} s)", file=sys.stderr)
-    if not args.no_write:
-        DOC.write_text(text, encoding="utf-8")
     default = next(r for r in reports if r.profile == DEFAULT_PROFILE)
     oracle = next(r for r in reports if r.profile == "oracle")
-    missed = [g for g in goals(default, oracle) if not g.met]
+    reached = goals(default, oracle)
+    if not args.no_write:
+        DOC.write_text(text, encoding="utf-8")
+        _write_summary(reached)
+    missed = [g for g in reached if not g.met]
     for g in missed:
         print(
             f"GOAL MISSED ({DEFAULT_PROFILE}): {g.name}: {_fmt(g.value, g.unit)} > {g.limit:g} {g.unit}",
