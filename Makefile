@@ -30,7 +30,7 @@ test: $(TEST_STAMP)
 
 ## bench-check: the control benchmark's goals for the default profile (deterministic, ~10 s)
 bench-check: $(TEST_STAMP)
-	$(BIN)/python bench/control.py --check
+	$(BIN)/python bench/control.py --check --no-write
 
 ## bench: every benchmark, each writing its figures into docs/performance.md (~25 min on 2 cores)
 BENCHES := loop_lateness meter_to_setpoint modbus_slave opcua_server scale archive_throughput soak
