@@ -126,6 +126,7 @@ async def test_stale_bad_and_missing_values_read_not_implemented_with_quality_bi
         site.set("grid.active_power", 500.0, quality)
         assert await read_state() == ([0x7FC0, 0x0000], 0x8000, bit)
     del site.mirror["grid.active_power"]
+    site.face.apply({})
     assert await read_state() == ([0x7FC0, 0x0000], 0x8000, 0b1000)
     # The simulated site has two battery nodes: node 3's slot reads "not on this site".
     battery_3 = address_of(site, 64200, "quality_battery_3")

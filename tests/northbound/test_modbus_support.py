@@ -72,7 +72,9 @@ class Site:
 
     def set(self, point_id: str, value: Value | None, quality: Quality = Quality.GOOD) -> None:
         assert point_id in self.table, point_id
+        # As the faces host does: update the mirror, then tell the face.
         self.mirror[point_id] = Sample(value, T0, quality, 0.0)
+        self.face.apply({point_id: self.mirror[point_id]})
 
 
 def sample(value: Value | None, quality: Quality = Quality.GOOD) -> Sample:

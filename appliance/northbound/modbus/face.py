@@ -99,7 +99,8 @@ class ModbusFace:
         )
 
     def apply(self, changes: Mapping[str, Sample]) -> None:
-        """Nothing to do: every read encodes the mirror, which the host has already updated."""
+        """The host has updated the mirror: reads encode it afresh."""
+        self.processor.mirror_changed()
 
     async def stop(self) -> None:
         for listener in (self._tcp, self._rtu):

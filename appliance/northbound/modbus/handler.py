@@ -94,6 +94,9 @@ class Unit:
     identity: Mapping[str, str]
 
 
+MAX_CACHED_ANSWERS = 256
+
+
 class RequestProcessor:
     """Answers request PDUs for the units of one site; shared by every connection."""
 
@@ -116,6 +119,14 @@ class RequestProcessor:
         self._devices = devices
         self.read_only = read_only
         self.counters = Counters()
+        # Read answers of the current mirror: SCADA clients poll the same blocks again and
+        # again, and the mirror changes once per core cycle, so most reads are answered
+        # without encoding. Cleared by `mirror_changed`; bounded against address scans.
+        self._answers: dict[tuple[int, int, int, int], bytes] = {}
+
+    def mirror_changed(self) -> None:
+        """The host has applied new samples to the mirror: cached answers are void."""
+        self._answers.clear()
 
     async def handle(self, unit_id: int, request_pdu: bytes, client: Client) -> bytes | None:
         """The response PDU, or None when nothing must answer (RTU: another unit, broadcast)."""
@@ -154,6 +165,16 @@ class RequestProcessor:
         return pdu.write_response(request)
 
     def _read(self, unit_id: int, unit: Unit, request: pdu.Read) -> bytes:
+        key = (unit_id, request.function, request.address, request.count)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._encode_read(unit_id, unit, request)
+            if len(self._answers) >= MAX_CACHED_ANSWERS:
+                self._answers.clear()
+            self._answers[key] = answer
+        return answer
+
+    def _encode_read(self, unit_id: int, unit: Unit, request: pdu.Read) -> bytes:
         # No await from here to the return: the words are one snapshot of the mirror.
         context = ReadContext(self._mirror, unit.identity, unit_id, self._devices)
         if request.bits:
