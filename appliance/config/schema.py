@@ -86,6 +86,23 @@ def _check_password_hash(value: str) -> str | None:
 
 SERIAL_PORT = r"(/\S+|COM[0-9]+)"
 SERIAL_PORT_ALLOWED = "a serial device path such as /dev/ttyUSB0 (or COM3)"
+#: A device's serial line: a device path, or (simulated sites only, see `site_problems`) a
+#: path relative to data_dir where the simulated site publishes a pty, e.g. sim/sml-meter.
+DEVICE_SERIAL_PORT = r"(/\S+|COM[0-9]+|[A-Za-z0-9_.][A-Za-z0-9_./-]*)"
+DEVICE_SERIAL_PORT_ALLOWED = (
+    f"{SERIAL_PORT_ALLOWED}; in a simulated site also a path relative to data_dir"
+)
+
+
+def is_relative_serial_port(port: str) -> bool:
+    """A serial port given relative to data_dir (a pty the simulated site publishes)."""
+    return not port.startswith("/") and re.fullmatch(r"COM[0-9]+", port) is None
+
+
+def serial_port_path(data_dir: Path, port: str) -> str:
+    """The port a driver opens: a relative one under data_dir, as the archive paths are."""
+    return str(data_dir / port) if is_relative_serial_port(port) else port
+
 
 # --------------------------------------------------------------------------- connections
 
@@ -110,7 +127,8 @@ class SerialConnection:
     """Modbus RTU, or a plain serial line (SML), on a local serial port."""
 
     type: Literal["serial"] = "serial"
-    port: str = field(metadata=rule(pattern=SERIAL_PORT, allowed=SERIAL_PORT_ALLOWED))
+    #: A path relative to data_dir is accepted only in a simulated site (its published ptys).
+    port: str = field(metadata=rule(pattern=DEVICE_SERIAL_PORT, allowed=DEVICE_SERIAL_PORT_ALLOWED))
     baudrate: Baudrate = 9600
     parity: Parity = "N"
     stopbits: Literal[1, 2] = 1
@@ -153,13 +171,25 @@ class CanConnection:
                 )
 
 
+#: The radio of the simulated site: no radio at all, see `ZigbeeConnection`.
+SIMULATED_RADIO = "simulated"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ZigbeeConnection:
-    """A ZigBee device reached through a coordinator radio (zigpy)."""
+    """A ZigBee device reached through a coordinator radio (zigpy).
+
+    ``radio: simulated`` is the simulated site's: a radio-less zigpy application in the
+    appliance whose devices report what the simulated-site process sends on a loopback line
+    feed at host:port (docs/devices.md). Only a site with a ``simulation:`` section may use it.
+    """
 
     type: Literal["zigbee"] = "zigbee"
-    radio: Literal["znp", "ezsp", "deconz", "zigate", "xbee"]
-    device: str = field(metadata=rule(pattern=SERIAL_PORT, allowed=SERIAL_PORT_ALLOWED))
+    radio: Literal["znp", "ezsp", "deconz", "zigate", "xbee", "simulated"]
+    #: The radio's serial port (every radio but simulated).
+    device: str | None = field(
+        default=None, metadata=rule(pattern=SERIAL_PORT, allowed=SERIAL_PORT_ALLOWED)
+    )
     baudrate: Baudrate = 115200
     ieee: str = field(
         metadata=rule(
@@ -167,6 +197,38 @@ class ZigbeeConnection:
             allowed="an IEEE address of 8 hex pairs such as 'a4:c1:38:00:12:34:56:78' (quoted)",
         )
     )
+    #: The simulated site's report feed (radio simulated only).
+    host: str | None = field(
+        default=None, metadata=rule(check=_check_host, allowed="a host name or IP address")
+    )
+    port: int | None = field(default=None, metadata=rule(min=1, max=65535))
+
+    def cross_check(self) -> Iterator[tuple[FieldPath, str]]:
+        simulated = self.radio == SIMULATED_RADIO
+        if not simulated and self.device is None:
+            yield (
+                ("device",),
+                f"is required with radio {self.radio}; allowed: the radio's serial port "
+                "such as /dev/ttyACM0",
+            )
+        if simulated and self.device is not None:
+            yield (
+                ("device",),
+                "is not used with radio simulated (there is no radio); allowed: remove it",
+            )
+        for name in ("host", "port"):
+            given = getattr(self, name) is not None
+            if simulated and not given:
+                yield (
+                    (name,),
+                    "is required with radio simulated; allowed: the " + name + " of the "
+                    "simulated site's report feed",
+                )
+            elif given and not simulated:
+                yield (
+                    (name,),
+                    f"is only used with radio simulated, not {self.radio}; allowed: remove it",
+                )
 
 
 Connection = TcpConnection | SerialConnection | CanConnection | ZigbeeConnection
@@ -913,13 +975,38 @@ def _zigbee_ports(cfg: SiteConfig) -> Iterator[tuple[FieldPath, str]]:
         c.port: p for p, c in device_connections(cfg) if isinstance(c, SerialConnection)
     }
     for path, conn in device_connections(cfg):
-        if isinstance(conn, ZigbeeConnection) and conn.device in serial_ports:
+        if (
+            isinstance(conn, ZigbeeConnection)
+            and conn.device is not None
+            and conn.device in serial_ports
+        ):
             yield (
                 (*path, "device"),
                 (
                     f"{conn.device!r} is the serial port of {render_path(serial_ports[conn.device])}; "
                     "allowed: the ZigBee radio's own port"
                 ),
+            )
+
+
+def _simulation_only(cfg: SiteConfig) -> Iterator[tuple[FieldPath, str]]:
+    """The simulated site's links (a radio-less ZigBee, ptys under data_dir) need `simulation:`."""
+    if cfg.simulation is not None:
+        return
+    for path, conn in device_connections(cfg):
+        if isinstance(conn, ZigbeeConnection) and conn.radio == SIMULATED_RADIO:
+            yield (
+                (*path, "radio"),
+                "'simulated' is the simulated site's radio (the reports come from its plant) "
+                "and needs a simulation: section; allowed on a real site: znp, ezsp, deconz, "
+                "zigate, xbee",
+            )
+        elif isinstance(conn, SerialConnection) and is_relative_serial_port(conn.port):
+            yield (
+                (*path, "port"),
+                f"{conn.port!r} is a path relative to data_dir, where only a simulated site "
+                f"(with a simulation: section) publishes its serial lines; allowed: "
+                f"{SERIAL_PORT_ALLOWED}",
             )
 
 
@@ -930,6 +1017,7 @@ def site_problems(cfg: SiteConfig) -> list[tuple[FieldPath, str]]:
     problems += _face_ports(cfg)
     problems += _buses(cfg)
     problems += _zigbee_ports(cfg)
+    problems += _simulation_only(cfg)
     sim = cfg.simulation
     nodes = len(cfg.devices.battery_nodes)
     if sim is not None and sim.battery_nodes != nodes:

@@ -2,18 +2,24 @@
 
 This is the one place that knows which driver serves which configured device kind and which
 points each driver's reading fills. Drivers stay ignorant of points and of the store.
+
+A meter role whose block the point table does not (yet) have is still read: its poller counts
+in the appliance's status and logs its outages; only the points that exist are written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.clock import Clock
 from appliance.config.loader import device_map_path
 from appliance.config.schema import (
+    SIMULATED_RADIO,
     BatteryNodeConfig,
     MeterConfig,
     SerialConnection,
@@ -21,6 +27,7 @@ from appliance.config.schema import (
     SurplusLoadConfig,
     TcpConnection,
     ZigbeeConnection,
+    serial_port_path,
 )
 from appliance.drivers.base import MeterReading
 from appliance.drivers.generic_inverter import GenericInverter, parse_generic_inverter_map
@@ -33,17 +40,25 @@ from appliance.drivers.relay_module import RelayModule, RelayState, relay_coil
 from appliance.drivers.sdm630 import Sdm630Meter
 from appliance.drivers.sml_meter import SmlMeter, SmlReading
 from appliance.drivers.sunspec_inverter import SunSpecInverter
-from appliance.drivers.zigbee_app import start_radio_application, stop_application
+from appliance.drivers.zigbee_app import (
+    ControllerApplication,
+    start_radio_application,
+    stop_application,
+)
 from appliance.errors import ConfigError
 from appliance.runtime.actuators import LatestValueWriter
 from appliance.runtime.poller import Measurement, Poller
 from appliance.runtime.site_table import MAX_SURPLUS_LOADS
 from appliance.store import DataStore, Value
 
+if TYPE_CHECKING:
+    from appliance.simulation.zigbee_feed import SimulatedZigbeeRadio
+
 log = logging.getLogger(__name__)
 
 _PHASES = ("l1", "l2", "l3")
 Closer = Callable[[], Awaitable[None]]
+MeterDriver = Sdm630Meter | SmlMeter | Pc321Clamp
 
 
 @dataclass
@@ -57,6 +72,10 @@ class Devices:
     #: Heater level in % per PWM heater load; submitted every cycle, which also advances
     #: the time-proportioning of its relay.
     heater_writers: dict[int, LatestValueWriter[float]] = field(default_factory=dict)
+    #: The meters' drivers by role (grid_meter, pv_meter, consumption_clamp, sml_meter).
+    meters: dict[str, MeterDriver] = field(default_factory=dict)
+    #: radio: simulated, by the (host, port) of its value feed (see appliance.simulation).
+    simulated_radios: dict[tuple[str, int], SimulatedZigbeeRadio] = field(default_factory=dict)
     closers: list[Closer] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -98,27 +117,38 @@ def pv_meter_values(reading: MeterReading) -> dict[str, Value | None]:
     return values
 
 
-def sml_values(reading: SmlReading) -> dict[str, Value | None]:
-    """Grid block values from the smart meter: power and energy registers only."""
+def sml_values(reading: SmlReading, block: str = "grid") -> dict[str, Value | None]:
+    """Block values from the smart meter: power and energy registers only.
+
+    `block` is grid when the smart meter is the grid meter, sml_meter for the sml_meter role.
+    """
     values: dict[str, Value | None] = {
-        "grid.active_power": reading.active_power_w,
-        "grid.import_energy": reading.import_kwh,
-        "grid.export_energy": reading.export_kwh,
+        f"{block}.active_power": reading.active_power_w,
+        f"{block}.import_energy": reading.import_kwh,
+        f"{block}.export_energy": reading.export_kwh,
     }
     per_phase = (reading.active_power_l1_w, reading.active_power_l2_w, reading.active_power_l3_w)
     for phase, power in zip(_PHASES, per_phase, strict=True):
         if power is not None:
-            values[f"grid.active_power_{phase}"] = power
+            values[f"{block}.active_power_{phase}"] = power
     return values
 
 
-def clamp_grid_values(reading: ClampReading) -> dict[str, Value | None]:
-    """Grid block values from a ZigBee clamp at the grid connection point."""
-    values: dict[str, Value | None] = {"grid.active_power": reading.active_power_w}
+def clamp_grid_values(reading: ClampReading, block: str = "grid") -> dict[str, Value | None]:
+    """Block values from a ZigBee clamp (at the grid connection point for the grid block)."""
+    values: dict[str, Value | None] = {f"{block}.active_power": reading.active_power_w}
     for phase in _PHASES:
-        values[f"grid.active_power_{phase}"] = getattr(reading, f"active_power_{phase}_w")
-        values[f"grid.voltage_{phase}"] = getattr(reading, f"voltage_{phase}_v")
-        values[f"grid.current_{phase}"] = getattr(reading, f"current_{phase}_a")
+        values[f"{block}.active_power_{phase}"] = getattr(reading, f"active_power_{phase}_w")
+        values[f"{block}.voltage_{phase}"] = getattr(reading, f"voltage_{phase}_v")
+        values[f"{block}.current_{phase}"] = getattr(reading, f"current_{phase}_a")
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def clamp_house_values(reading: ClampReading) -> dict[str, Value | None]:
+    """A consumption clamp: the house's consumption, and its own block where the table has it."""
+    values = clamp_grid_values(reading, "consumption_clamp")
+    values["consumption_clamp.energy"] = reading.energy_kwh
+    values["house.active_power"] = reading.active_power_w
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -165,13 +195,13 @@ class _Builder:
         self.config = config
         self.store = store
         self.devices = Devices()
-        self._zigbee_apps: dict[str, object] = {}
+        self._zigbee_apps: dict[str, ControllerApplication] = {}
 
     def poller(
         self,
         name: str,
         read: Callable[[], Awaitable[Measurement]],
-        block_prefix: str,
+        block_prefix: str | tuple[str, ...],
         *,
         interval_s: float,
         comm_ok: str | None,
@@ -179,6 +209,8 @@ class _Builder:
         staleness_s: float | None = None,
         event_driven: bool = False,
     ) -> None:
+        if comm_ok is not None and comm_ok not in self.store.table:
+            comm_ok = None  # a role whose block the table does not have
         point_ids = [
             p.id for p in self.store.table if p.id.startswith(block_prefix) and p.id != comm_ok
         ]
@@ -198,10 +230,16 @@ class _Builder:
             )
         )
 
+    def published(self, values: dict[str, Value | None]) -> dict[str, Value | None]:
+        """The values whose points the table has."""
+        table = self.store.table
+        return {k: v for k, v in values.items() if k in table}
+
     async def meter(self, name: str, meter: MeterConfig, block: str) -> None:
         connection = meter.connection
         if meter.kind == "sdm630" and isinstance(connection, TcpConnection | SerialConnection):
-            sdm = _sdm630(name, connection)
+            sdm = _sdm630(name, _resolved(self.config, connection))
+            self.devices.meters[name] = sdm
             convert = pv_meter_values if block == "pv" else lambda r: meter_values(block, r)
 
             async def read_sdm() -> Measurement:
@@ -212,43 +250,55 @@ class _Builder:
                 comm_ok=f"{block}.comm_ok", close=sdm.close, staleness_s=meter.staleness_s,
             )  # fmt: skip
         elif (
-            meter.kind == "sml" and block == "grid" and not isinstance(connection, ZigbeeConnection)
+            meter.kind == "sml"
+            and block in ("grid", "sml_meter")
+            and not isinstance(connection, ZigbeeConnection)
         ):
-            # An optical head on a serial-to-TCP converter is reached as a pyserial URL.
+            # An optical head on a serial-to-TCP converter is reached as a pyserial URL; a
+            # port relative to data_dir is a pty the simulated site publishes.
             port = (
-                connection.port
+                serial_port_path(self.config.data_dir, connection.port)
                 if isinstance(connection, SerialConnection)
                 else f"socket://{connection.host}:{connection.port}"
             )
-            sml = SmlMeter(port, name=name, stale_after_s=meter.staleness_s)
+            sml = SmlMeter(
+                port, name=name, stale_after_s=meter.staleness_s,
+                baudrate=connection.baudrate if isinstance(connection, SerialConnection) else 9600,
+            )  # fmt: skip
+            self.devices.meters[name] = sml
 
             async def read_sml() -> Measurement:
                 reading = await sml.read()
-                return Measurement(sml_values(reading), reading.received_monotonic)
+                return Measurement(
+                    self.published(sml_values(reading, block)), reading.received_monotonic
+                )
 
             self.poller(
-                name, read_sml, "grid.", interval_s=meter.poll_interval_s,
-                comm_ok="grid.comm_ok", close=sml.close, staleness_s=meter.staleness_s,
+                name, read_sml, f"{block}.", interval_s=meter.poll_interval_s,
+                comm_ok=f"{block}.comm_ok", close=sml.close, staleness_s=meter.staleness_s,
                 event_driven=True,
             )  # fmt: skip
-        elif meter.kind == "pc321" and isinstance(connection, ZigbeeConnection):
-            app = await self.zigbee_app(connection)
-            clamp = Pc321Clamp(app, connection.ieee, name=name, stale_after_s=meter.staleness_s)  # type: ignore[arg-type]
+        elif (
+            meter.kind == "pc321"
+            and block in ("grid", "house")
+            and isinstance(connection, ZigbeeConnection)
+        ):
+            app = await self.zigbee_app(name, connection)
+            clamp = Pc321Clamp(app, connection.ieee, name=name, stale_after_s=meter.staleness_s)
+            self.devices.meters[name] = clamp
             await clamp.connect()
-            target = "grid" if block == "grid" else "house"
+            grid = block == "grid"
 
             async def read_clamp() -> Measurement:
                 reading = await clamp.read()
-                if target == "grid":
-                    values = clamp_grid_values(reading)
-                else:
-                    values = {"house.active_power": reading.active_power_w}
-                return Measurement(values, reading.received_monotonic)
+                values = clamp_grid_values(reading) if grid else clamp_house_values(reading)
+                return Measurement(self.published(values), reading.received_monotonic)
 
             self.poller(
-                name, read_clamp, f"{target}.", interval_s=meter.poll_interval_s,
-                comm_ok=f"{target}.comm_ok" if target == "grid" else None, close=clamp.close,
-                staleness_s=meter.staleness_s, event_driven=True,
+                name, read_clamp, "grid." if grid else ("house.", "consumption_clamp."),
+                interval_s=meter.poll_interval_s,
+                comm_ok="grid.comm_ok" if grid else "consumption_clamp.comm_ok",
+                close=clamp.close, staleness_s=meter.staleness_s, event_driven=True,
             )  # fmt: skip
         else:
             log.warning(
@@ -256,12 +306,17 @@ class _Builder:
                 name, meter.kind, connection.type, block,
             )  # fmt: skip
 
-    async def zigbee_app(self, connection: ZigbeeConnection) -> object:
-        key = connection.device
+    async def zigbee_app(self, name: str, connection: ZigbeeConnection) -> ControllerApplication:
+        """The zigpy application of the connection's radio, started once per radio."""
+        if connection.radio == SIMULATED_RADIO:
+            radio = await self.simulated_radio(connection)
+            await radio.add_pc321(connection.ieee, name=name)
+            return radio.app
+        key = connection.device or ""
         if key not in self._zigbee_apps:
             app = await start_radio_application(
                 connection.radio,
-                connection.device,
+                key,
                 baudrate=connection.baudrate,
                 database_path=Path(self.config.data_dir) / "zigbee.db",
             )
@@ -273,6 +328,19 @@ class _Builder:
             self.devices.closers.append(stop)
         return self._zigbee_apps[key]
 
+    async def simulated_radio(self, connection: ZigbeeConnection) -> SimulatedZigbeeRadio:
+        """The simulated site's radio: a radio-less application fed over loopback."""
+        # Imported here: a real site never loads the simulation.
+        from appliance.simulation.zigbee_feed import SimulatedZigbeeRadio  # noqa: PLC0415
+
+        key = (connection.host or "", connection.port or 0)
+        radio = self.devices.simulated_radios.get(key)
+        if radio is None:
+            radio = await SimulatedZigbeeRadio.start(*key, name=f"zigbee[simulated {key[1]}]")
+            self.devices.simulated_radios[key] = radio
+            self.devices.closers.append(radio.stop)
+        return radio
+
     def surplus_loads(self, loads: tuple[SurplusLoadConfig, ...]) -> None:
         """One relay module per bus address, shared by the loads wired to it."""
         modules: dict[
@@ -282,7 +350,10 @@ class _Builder:
             _check_channels(load)
             key = _module_key(load)
             if key not in modules:
-                modules[key] = (_relay_module(f"relays[{load.name}]", load.connection), [])
+                modules[key] = (
+                    _relay_module(f"relays[{load.name}]", _resolved(self.config, load.connection)),
+                    [],
+                )
             module, wired = modules[key]
             wired.append((index, load))
             if load.kind == "pwm_heater":
@@ -378,6 +449,16 @@ def _module_key(load: SurplusLoadConfig) -> tuple[str, object, int]:
     return (connection.type, where, connection.unit_id)
 
 
+def _resolved(
+    config: SiteConfig, connection: TcpConnection | SerialConnection
+) -> TcpConnection | SerialConnection:
+    """A serial port relative to data_dir (a simulated site's pty) made a path."""
+    if isinstance(connection, SerialConnection):
+        port = serial_port_path(config.data_dir, connection.port)
+        return dataclasses.replace(connection, port=port)
+    return connection
+
+
 def _relay_module(name: str, connection: TcpConnection | SerialConnection) -> RelayModule:
     if isinstance(connection, TcpConnection):
         return RelayModule.tcp(
@@ -426,7 +507,7 @@ def _check_channels(load: SurplusLoadConfig) -> None:
 def _inverter(config: SiteConfig, node: BatteryNodeConfig) -> SunSpecInverter | GenericInverter:
     settings = node.inverter
     name = f"{node.name}.inverter"
-    link = _inverter_link(name, settings.connection)
+    link = _inverter_link(name, _resolved(config, settings.connection))
     unit_id = settings.connection.unit_id
     if settings.kind == "sunspec":
         return SunSpecInverter(
@@ -499,8 +580,8 @@ async def build_devices(config: SiteConfig, store: DataStore) -> Devices:
         await builder.meter("pv_meter", devices.pv_meter, "pv")
     if devices.consumption_clamp is not None:
         await builder.meter("consumption_clamp", devices.consumption_clamp, "house")
-    if devices.sml_meter is not None and devices.grid_meter.kind != "sml":
-        log.warning("sml_meter: only used as the grid meter in this version; not read")
+    if devices.sml_meter is not None:
+        await builder.meter("sml_meter", devices.sml_meter, "sml_meter")
     for index, node in enumerate(devices.battery_nodes, start=1):
         builder.battery_node(index, node)
     builder.surplus_loads(devices.surplus_loads)

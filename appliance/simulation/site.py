@@ -4,6 +4,16 @@ Each simulated device speaks its real protocol on the address the site configura
 for it, so the appliance reaches the simulation exactly as it reaches a real site. It runs in
 its own process (`simulated_site_main`): the plant and its servers never share the core's
 event loop, as real devices would not.
+
+What it serves, by device kind:
+
+* SDM630 meters, SunSpec inverters, the relay module: pymodbus servers on 127.0.0.1;
+* Pylontech BMSs: CAN frames through a socketcand bridge on 127.0.0.1;
+* an SML meter: telegrams once a second on a pty published as a symlink at the meter's
+  serial port, a path relative to data_dir (`sml_line.PtyLine`);
+* a PC321 ZigBee clamp (``radio: simulated``): its measured values on a loopback line feed
+  (`zigbee_feed.ClampFeedServer`); the appliance's radio-less zigpy application turns them
+  into the device's ZCL reports (`zigbee_feed.SimulatedZigbeeRadio`).
 """
 
 from __future__ import annotations
@@ -12,14 +22,26 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
+import math
 import signal
 from collections.abc import Callable
 from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
 
-from appliance.config.schema import MeterConfig, SiteConfig, TcpConnection
+from appliance.config.schema import (
+    SIMULATED_RADIO,
+    MeterConfig,
+    SerialConnection,
+    SiteConfig,
+    TcpConnection,
+    ZigbeeConnection,
+    is_relative_serial_port,
+    serial_port_path,
+)
 from appliance.drivers.base import MeterReading
 from appliance.errors import ConfigError
 from appliance.runtime.parent import stop_when_parent_exits
+from appliance.simulation.devices.pc321_sim import ClampValues, clamp_values_from_grid
 from appliance.simulation.devices.pylontech_sim import (
     BmsValues,
     PylontechSimulator,
@@ -27,17 +49,22 @@ from appliance.simulation.devices.pylontech_sim import (
 )
 from appliance.simulation.devices.relay_module_sim import RelayModuleSimulator
 from appliance.simulation.devices.sdm630_sim import Sdm630Simulator
+from appliance.simulation.devices.sml_sim import SmlMeterSimulator, sml_values_from_grid
 from appliance.simulation.devices.socketcand_server import SocketcandServer
 from appliance.simulation.devices.sunspec_inverter_sim import (
     InverterValues,
     SunSpecInverterSimulator,
     inverter_values_from_node,
 )
-from appliance.simulation.plant import GridValues, Plant, PlantParams
+from appliance.simulation.plant import GridValues, Plant, PlantParams, PlantState
+from appliance.simulation.plant_grid import EnergyRegister
+from appliance.simulation.sml_line import PtyLine
+from appliance.simulation.zigbee_feed import ClampFeedServer
 
 log = logging.getLogger(__name__)
 
 STEP_S = 0.1  # plant integration step, real time
+SML_PERIOD_S = 1.0  # an MT691 pushes a telegram about once a second
 
 
 def plant_params(config: SiteConfig) -> PlantParams:
@@ -83,6 +110,40 @@ def _reading(values: Callable[[], GridValues]) -> Callable[[], MeterReading]:
     return source
 
 
+def house_meter_values(state: PlantState, register: EnergyRegister) -> GridValues:
+    """What a meter on the house's own supply sees (a consumption clamp): the load.
+
+    The plant feeds PV and the inverters evenly into the three phases at unity power factor,
+    so each phase's load is its grid import plus a third of what they feed, and the house
+    draws all the reactive power. `register` integrates the load (`SimulatedSite.run`).
+    """
+    grid = state.grid
+    fed_per_phase = (state.pv_w + state.battery_ac_w) / 3.0
+    p = tuple(grid.active_power_w[k] + fed_per_phase for k in range(3))
+    q = grid.reactive_power_var
+    current = tuple(math.hypot(p[k], q[k]) / grid.voltage_v[k] for k in range(3))
+    pf = tuple(_power_factor(p[k], q[k]) for k in range(3))
+    total_q = math.fsum(q)
+    return GridValues(
+        voltage_v=grid.voltage_v,
+        current_a=(current[0], current[1], current[2]),
+        active_power_w=(p[0], p[1], p[2]),
+        reactive_power_var=q,
+        power_factor=(pf[0], pf[1], pf[2]),
+        frequency_hz=grid.frequency_hz,
+        import_kwh=register.import_kwh,
+        export_kwh=register.export_kwh,
+        total_active_power_w=state.load_w,
+        total_reactive_power_var=total_q,
+        total_power_factor=_power_factor(state.load_w, total_q),
+    )
+
+
+def _power_factor(p_w: float, q_var: float) -> float:
+    s = math.hypot(p_w, q_var)
+    return 1.0 if s == 0.0 else p_w / s
+
+
 class SimulatedSite:
     def __init__(self, config: SiteConfig) -> None:
         self.config = config
@@ -92,29 +153,106 @@ class SimulatedSite:
         self.inverter_simulators: list[SunSpecInverterSimulator] = []
         self.relay_simulators: dict[tuple[str, int, int], RelayModuleSimulator] = {}
         self.can_bridges: dict[tuple[str, int], SocketcandServer] = {}
+        #: SML meters by role, and the pty line each pushes its telegrams on.
+        self.sml_simulators: dict[str, SmlMeterSimulator] = {}
+        self.sml_lines: dict[str, PtyLine] = {}
+        #: PC321 value feeds by (host, port).
+        self.clamp_feeds: dict[tuple[str, int], ClampFeedServer] = {}
+        #: The house's consumed energy, integrated as the plant steps (for a consumption clamp).
+        self.house_register = EnergyRegister()
         self.endpoints: list[str] = []
 
+    def meter_values(self, role: str) -> GridValues:
+        """What the meter in `role` measures now (the plant's state after its last step)."""
+        state = self.plant.state
+        if role == "pv_meter":
+            return state.pv_meter
+        if role == "consumption_clamp":
+            return house_meter_values(state, self.house_register)
+        return state.grid  # grid_meter, sml_meter: both at the grid connection point
+
+    def _values(self, role: str) -> Callable[[], GridValues]:
+        return lambda: self.meter_values(role)
+
     async def start(self) -> None:
-        devices = self.config.devices
-        meters = [("grid_meter", devices.grid_meter, lambda: self.plant.state.grid)]
-        if devices.pv_meter is not None:
-            meters.append(("pv_meter", devices.pv_meter, lambda: self.plant.state.pv_meter))
-        for name, meter, values in meters:
-            if meter.kind != "sdm630":
-                log.warning("%s: kind '%s' is not simulated in this version", name, meter.kind)
-                continue
-            connection = _loopback_tcp(name, meter)
-            if connection is None:
-                continue
-            simulator = Sdm630Simulator(
-                _reading(values), unit_id=connection.unit_id, name=f"sim.{name}"
-            )
-            port = await simulator.start_tcp(connection.host, connection.port)
-            self.simulators.append(simulator)
-            self.endpoints.append(f"{name} (SDM630, Modbus TCP) {connection.host}:{port}")
+        clamps: list[tuple[str, ZigbeeConnection]] = []
+        for name, meter in self.config.devices.meters().items():
+            if meter.kind == "sdm630":
+                await self._start_sdm630(name, meter)
+            elif meter.kind == "sml":
+                await self._start_sml(name, meter)
+            elif meter.kind == "pc321" and isinstance(meter.connection, ZigbeeConnection):
+                clamps.append((name, meter.connection))
+        await self._start_clamp_feeds(clamps)
         await self._start_bms()
         await self._start_inverters()
         await self._start_relay_modules()
+
+    async def _start_sdm630(self, name: str, meter: MeterConfig) -> None:
+        connection = _loopback_tcp(name, meter)
+        if connection is None:
+            return
+        simulator = Sdm630Simulator(
+            _reading(self._values(name)), unit_id=connection.unit_id, name=f"sim.{name}"
+        )
+        port = await simulator.start_tcp(connection.host, connection.port)
+        self.simulators.append(simulator)
+        self.endpoints.append(f"{name} (SDM630, Modbus TCP) {connection.host}:{port}")
+
+    async def _start_sml(self, name: str, meter: MeterConfig) -> None:
+        """Telegrams once a second on a pty, published at the meter's (relative) serial port."""
+        connection = meter.connection
+        if not isinstance(connection, SerialConnection) or not is_relative_serial_port(
+            connection.port
+        ):
+            # A simulator must never stand in for a real serial port (/dev/...).
+            log.warning(
+                "%s: the simulated site publishes an SML meter only at a serial port relative "
+                "to data_dir (such as sim/sml-meter); not simulated",
+                name,
+            )
+            return
+        line = PtyLine(
+            Path(serial_port_path(self.config.data_dir, connection.port)), name=f"sim.{name}.line"
+        )
+        await line.open()
+        self.sml_lines[name] = line
+        values = self._values(name)
+        simulator = SmlMeterSimulator(
+            lambda: sml_values_from_grid(values()),
+            line.meter_end,
+            SML_PERIOD_S,
+            baudrate=connection.baudrate,
+            name=f"sim.{name}",
+        )
+        await simulator.start()
+        self.sml_simulators[name] = simulator
+        self.endpoints.append(
+            f"{name} (SML, serial {connection.baudrate} 8N1) {line.link} -> {line.appliance_end}"
+        )
+
+    async def _start_clamp_feeds(self, clamps: list[tuple[str, ZigbeeConnection]]) -> None:
+        """One value feed per host:port for the clamps on the simulated radio."""
+        feeds: dict[tuple[str, int], dict[str, Callable[[], ClampValues]]] = {}
+        for name, connection in clamps:
+            if connection.radio != SIMULATED_RADIO or connection.host is None:
+                log.warning(
+                    "%s: only a clamp on radio simulated is simulated (radio %s); not simulated",
+                    name,
+                    connection.radio,
+                )
+                continue
+            _loopback(f"{name}.connection.host", connection.host)
+            key = (connection.host, connection.port or 0)
+            feeds.setdefault(key, {})[connection.ieee] = _clamp_source(self._values(name))
+        for (host, port), sources in feeds.items():
+            feed = ClampFeedServer(sources, name=f"sim.zigbee-feed:{port}")
+            bound = await feed.start(host, port)
+            self.clamp_feeds[(host, port)] = feed
+            self.endpoints.append(
+                f"PC321 clamp values (radio simulated, JSON lines) {host}:{bound} "
+                f"for {', '.join(sources)}"
+            )
 
     async def _start_relay_modules(self) -> None:
         """One relay module per address; a closed contact switches its load on in the plant."""
@@ -208,10 +346,21 @@ class SimulatedSite:
         while True:
             await asyncio.sleep(STEP_S)
             now = loop.time()
-            self.plant.step(max(now - last, 1e-3))
+            dt_s = max(now - last, 1e-3)
+            state = self.plant.step(dt_s)
+            self.house_register.add(state.load_w, dt_s)
             last = now
 
     async def stop(self) -> None:
+        for sml in self.sml_simulators.values():
+            await sml.stop()
+        self.sml_simulators.clear()
+        for line in self.sml_lines.values():
+            await line.close()
+        self.sml_lines.clear()
+        for feed in self.clamp_feeds.values():
+            await feed.stop()
+        self.clamp_feeds.clear()
         for relays in self.relay_simulators.values():
             await relays.stop()
         self.relay_simulators.clear()
@@ -227,6 +376,13 @@ class SimulatedSite:
         self.simulators.clear()
         self.bms_simulators.clear()
         self.can_bridges.clear()
+
+
+def _clamp_source(values: Callable[[], GridValues]) -> Callable[[], ClampValues]:
+    def source() -> ClampValues:
+        return clamp_values_from_grid(values())
+
+    return source
 
 
 def _no_inputs() -> tuple[bool, ...]:
@@ -272,17 +428,20 @@ async def _serve(config: SiteConfig, ready: MpEvent | None, parent_pid: int | No
     loop.add_signal_handler(signal.SIGTERM, stopped.set)
     if parent_pid is not None:
         stop_when_parent_exits(parent_pid, loop, stopped, "simulated site")
-    await site.start()
-    for endpoint in site.endpoints:
-        log.info("simulated site: %s", endpoint)
-    if ready is not None:
-        ready.set()
-    stepping = asyncio.create_task(site.run(), name="simulation.plant")
+    stepping: asyncio.Task[None] | None = None
     try:
+        await site.start()
+        for endpoint in site.endpoints:
+            log.info("simulated site: %s", endpoint)
+        if ready is not None:
+            ready.set()
+        stepping = asyncio.create_task(site.run(), name="simulation.plant")
         await stopped.wait()
     finally:
-        stepping.cancel()
-        await asyncio.gather(stepping, return_exceptions=True)
+        if stepping is not None:
+            stepping.cancel()
+            await asyncio.gather(stepping, return_exceptions=True)
+        # Also after a failed start: what did start is stopped, a published pty link removed.
         await site.stop()
 
 

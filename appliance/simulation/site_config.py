@@ -1,7 +1,9 @@
 """The built-in simulated site on free loopback ports, for tests and benchmarks.
 
 `make run` uses fixed, documented ports; a test or a benchmark must not collide with another
-process on this machine, so it asks the kernel for free ports and rewrites the site's.
+process on this machine, so it asks the kernel for free ports and rewrites the site's. Paths
+move with data_dir: the archive's and the SML meter's pty link (``sim/sml-meter``) are
+relative to it, so each test's site has its own.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from pathlib import Path
 
 from appliance.config import SiteConfig, load_config_text
 
-#: The ports of models/sites/simulated.yaml, in a fixed order.
-SIMULATED_PORTS = (15020, 15021, 15031, 15032, 15040, 15050, 4840, 5020, 9464)
+#: The ports of models/sites/simulated.yaml, in a fixed order (15060: the PC321 value feed).
+SIMULATED_PORTS = (15020, 15021, 15031, 15032, 15040, 15050, 15060, 4840, 5020, 9464)
 
 
 def free_ports(count: int) -> list[int]:

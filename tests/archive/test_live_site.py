@@ -25,13 +25,13 @@ from appliance.northbound.face import FaceContext
 from appliance.northbound.metrics import FacesTelemetry, MetricsFace
 from appliance.runtime.core import Core
 from appliance.simulation.site import SimulatedSite
+from appliance.simulation.site_config import SIMULATED_PORTS
 from tests.archive import simdata
 from tests.archive.conftest import scrape_text, wait_for
 from tests.archive.servers import VictoriaMetrics, wait_until
 
 pytestmark = pytest.mark.slow
 
-SIMULATED_PORTS = (15020, 15021, 15031, 15032, 15040, 15050, 4840, 5020, 9464)
 RUN_S = 4.0
 
 

@@ -16,6 +16,7 @@ from appliance.config import (
     SerialConnection,
     SiteConfig,
     TcpConnection,
+    ZigbeeConnection,
     builtin_site,
     hash_password,
     load_config,
@@ -23,6 +24,7 @@ from appliance.config import (
     simulated_site_config,
     verify_password,
 )
+from appliance.config.schema import serial_port_path
 from appliance.config.users import DEFAULT_ITERATIONS, MIN_ITERATIONS
 from appliance.errors import ConfigError
 
@@ -119,10 +121,23 @@ def test_simulated_site_loads_with_everything_on_loopback() -> None:
         5020,
         9464,
     )
-    for meter in cfg.devices.meters().values():
-        assert isinstance(meter.connection, TcpConnection)
-        assert meter.connection.host == "127.0.0.1"
-        assert meter.connection.port >= 15020
+    for role, meter in cfg.devices.meters().items():
+        connection = meter.connection
+        if role == "sml_meter":
+            # A pty the simulated site publishes under data_dir, not a device of this machine.
+            assert isinstance(connection, SerialConnection)
+            assert serial_port_path(cfg.data_dir, connection.port) == "var/sim/sml-meter"
+            continue
+        if role == "consumption_clamp":
+            # The radio-less ZigBee: the clamp's values come from the plant over loopback.
+            assert isinstance(connection, ZigbeeConnection)
+            assert (connection.radio, connection.device) == ("simulated", None)
+        else:
+            assert isinstance(connection, TcpConnection)
+        assert connection.host == "127.0.0.1"
+        assert connection.port is not None
+        assert connection.port >= 15020
+    assert set(cfg.devices.meters()) == {"grid_meter", "pv_meter", "sml_meter", "consumption_clamp"}
     for n in cfg.devices.battery_nodes:
         # The BMS frames reach the core from the simulated-site process through a bridge.
         assert n.bms.connection.interface == "socketcand"
@@ -715,6 +730,66 @@ def test_pc321_meter_staleness_defaults_to_its_report_period_and_refuses_less() 
         "devices.consumption_clamp.stale_after_s: 2 is shorter than the clamp's report period"
         in problems
     )
+
+
+SIMULATED_RADIO_CONNECTION: dict[str, Any] = {
+    "type": "zigbee",
+    "radio": "simulated",
+    "host": "127.0.0.1",
+    "port": 15060,
+    "ieee": "a4:c1:38:00:12:34:56:78",
+}
+SIMULATED_CLAMP = {"kind": "pc321", "connection": SIMULATED_RADIO_CONNECTION}
+
+
+def test_simulated_radio_and_relative_serial_ports_need_a_simulation_section() -> None:
+    data = put(minimal(), "devices.consumption_clamp", SIMULATED_CLAMP)
+    data = put(
+        data,
+        "devices.sml_meter",
+        {"kind": "sml", "connection": {"type": "serial", "port": "ttyUSB0"}},
+    )
+    text = str(errors(data))
+    assert (
+        "site.yaml: devices.consumption_clamp.connection.radio: 'simulated' is the simulated "
+        "site's radio" in text
+    )
+    assert "allowed on a real site: znp, ezsp, deconz, zigate, xbee" in text
+    assert (
+        "site.yaml: devices.sml_meter.connection.port: 'ttyUSB0' is a path relative to data_dir"
+        in text
+    )
+    assert "allowed: a serial device path such as /dev/ttyUSB0" in text
+    simulated = load(put(data, "simulation", {"battery_nodes": 2}))
+    clamp = simulated.devices.consumption_clamp
+    assert clamp is not None
+    assert isinstance(clamp.connection, ZigbeeConnection)
+    assert (clamp.connection.host, clamp.connection.port) == ("127.0.0.1", 15060)
+    sml = simulated.devices.sml_meter
+    assert sml is not None
+    assert isinstance(sml.connection, SerialConnection)
+    assert serial_port_path(simulated.data_dir, sml.connection.port) == "/var/lib/appliance/ttyUSB0"
+    assert serial_port_path(simulated.data_dir, "/dev/ttyUSB0") == "/dev/ttyUSB0"
+    assert serial_port_path(simulated.data_dir, "COM3") == "COM3"
+
+
+def test_zigbee_connection_keys_follow_the_radio() -> None:
+    simulated = put(minimal(), "simulation", {"battery_nodes": 2})
+    feedless = {**SIMULATED_RADIO_CONNECTION, "device": "/dev/ttyACM0"}
+    del feedless["port"]
+    text = str(errors(put(simulated, "devices.consumption_clamp.connection", feedless)))
+    assert "consumption_clamp.connection.device: is not used with radio simulated" in text
+    assert "consumption_clamp.connection.port: is required with radio simulated" in text
+    real = {
+        "type": "zigbee",
+        "radio": "znp",
+        "host": "127.0.0.1",
+        "ieee": "a4:c1:38:00:12:34:56:78",
+    }
+    clamp = {"kind": "pc321", "connection": real}
+    text = str(errors(put(minimal(), "devices.consumption_clamp", clamp)))
+    assert "consumption_clamp.connection.device: is required with radio znp" in text
+    assert "consumption_clamp.connection.host: is only used with radio simulated, not znp" in text
 
 
 def test_modbus_security_keys_default_to_local_writes_and_load() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -48,9 +49,13 @@ async def test_configuration_values_are_published_at_start(core: Core) -> None:
     assert core.store.get("controller.mode").value == 0  # initial_mode: stop
 
 
-async def test_house_consumption_is_derived_only_from_fresh_inputs(
-    core: Core, clock: ManualClock
-) -> None:
+async def test_house_consumption_is_derived_only_from_fresh_inputs(clock: ManualClock) -> None:
+    config = simulated_site_config()
+    # Derived only without a consumption clamp (the simulated site measures it with one).
+    config = dataclasses.replace(
+        config, devices=dataclasses.replace(config.devices, consumption_clamp=None)
+    )
+    core = Core(config, clock=clock)
     core.store.put_many(
         {
             "grid.active_power": 1000.0,

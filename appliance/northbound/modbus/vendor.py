@@ -73,6 +73,8 @@ QUALITY_SLOTS: dict[str, tuple[int, int]] = {
     "controller": (5, 1),
     "heartbeat": (6, 1),
     "alarms": (7, 1),
+    "sml_meter": (8, 1),
+    "consumption_clamp": (9, 1),
     "battery": (16, 64),
     "inverter": (80, 64),
     "surplus": (144, 16),
