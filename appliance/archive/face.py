@@ -178,7 +178,7 @@ class ArchiveFace:
                     self._lines.append(line)
                     self._lines_oldest_s = min(self._lines_oldest_s, data_time)
             if len(self._lines) >= self._batch_size:
-                self._seal_lines()
+                self._seal_lines(full_only=True)
         if self._local is not None and picked:
             self._rows.extend((p.target.point_id, to_ms(p.timestamp_s), p.value) for p in picked)
             if len(self._rows) >= LOCAL_BATCH_ROWS:
@@ -324,13 +324,22 @@ class ArchiveFace:
 
     # -- batching ----------------------------------------------------------------------
 
-    def _seal_lines(self) -> None:
+    def _seal_lines(self, *, full_only: bool = False) -> None:
+        """Seal the buffered lines into batches of `batch_size`.
+
+        `full_only` (sealing because the buffer is full): the remainder stays buffered for the
+        next batch instead of going out as a small batch of its own, each of which would
+        cost a request and a spool commit.
+        """
         if not self._lines:
             return
         size = self._batch_size
         lines, oldest = self._lines, self._lines_oldest_s
-        self._lines, self._lines_oldest_s = [], math.inf
-        for start in range(0, len(lines), size):
+        keep = len(lines) % size if full_only else 0
+        self._lines = lines[len(lines) - keep :] if keep else []
+        # The remainder keeps the oldest time: an upper bound of its age, never too young.
+        self._lines_oldest_s = oldest if keep else math.inf
+        for start in range(0, len(lines) - keep, size):
             chunk = lines[start : start + size]
             self._enqueue(_LineBatch("\n".join(chunk).encode(), len(chunk), oldest))
 

@@ -64,10 +64,12 @@ def test_device_health_commands_and_archive_reach_prometheus(scraped_site: Scrap
     assert sorted(d["metric"]["device"] for d in devices) == [
         "battery.1",
         "battery.2",
+        "consumption_clamp",
         "grid",
         "inverter.1",
         "inverter.2",
         "pv",
+        "sml_meter",
     ]
     assert all(d["value"][1] == "1" for d in devices)
     commands = scraped_site.prometheus.query("appliance_commands_total")
