@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from prometheus_client import start_http_server
+from prometheus_client import Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -443,6 +443,10 @@ def archive_families(archives: list[ArchiveStats], site: str) -> list[Any]:
 # --------------------------------------------------------------------------- the face
 
 
+LATENESS_POINT = "appliance.loop_lateness"  # ms
+LATENESS_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
 class MetricsFace:
     """The HTTP endpoint Prometheus scrapes; runs on its own thread inside the faces process."""
 
@@ -468,6 +472,16 @@ class MetricsFace:
                 clock=clock,
             )
         )
+        # Every cycle's lateness, as a distribution: the gauge shows only the last cycle,
+        # which a 15 s scrape samples one cycle in thirty of.
+        self.loop_lateness = Histogram(
+            f"{PREFIX}_control_loop_lateness_seconds",
+            "How late each control cycle started against its schedule (every cycle the faces "
+            "received; cycles coalesced by a busy faces process are not counted).",
+            ["site"],
+            buckets=LATENESS_BUCKETS_S,
+            registry=self.registry,
+        ).labels(context.config.site.id)
         self._settings = context.config.faces.metrics
         self._server: Any = None
         self._thread: Any = None
@@ -482,8 +496,12 @@ class MetricsFace:
         log.info("metrics: serving http://%s:%d/metrics", bind, self.port)
 
     def apply(self, changes: Mapping[str, Sample]) -> None:
-        """Only device health needs the stream; everything else is read from the mirror."""
+        """Device health and the lateness histogram need the stream; the rest is read from
+        the mirror at scrape time."""
         self.health.update(changes)
+        lateness = changes.get(LATENESS_POINT)
+        if lateness is not None and _good(lateness) and isinstance(lateness.value, int | float):
+            self.loop_lateness.observe(float(lateness.value) / 1000.0)
 
     async def stop(self) -> None:
         if self._server is not None:

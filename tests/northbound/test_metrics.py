@@ -126,6 +126,22 @@ def test_good_values_are_exported_converted_and_unusable_ones_disappear() -> Non
     assert not any(name.startswith("appliance_alarms_reset") for name, _ in out)  # write-only
 
 
+def test_every_cycle_lateness_the_faces_receive_lands_in_a_histogram() -> None:
+    ctx = make_context()
+    face = MetricsFace(ctx)
+    for ms in (0.5, 3.0, 3.5, 40.0):
+        put(ctx, {"appliance.loop_lateness": good(ms)}, face)
+    put(ctx, {"appliance.loop_lateness": Sample(900.0, T, Quality.STALE, 0.0)}, face)
+    out = samples(face)
+    name = "appliance_control_loop_lateness_seconds"
+    assert out[(f"{name}_count", site())] == 4  # the stale one is not a measurement
+    assert out[(f"{name}_sum", site())] == pytest.approx(0.047)
+    assert out[(f"{name}_bucket", site(le="0.001"))] == 1
+    assert out[(f"{name}_bucket", site(le="0.005"))] == 3
+    assert out[(f"{name}_bucket", site(le="0.02"))] == 3
+    assert out[(f"{name}_bucket", site(le="0.05"))] == 4
+
+
 def test_enum_points_are_state_sets() -> None:
     ctx = make_context()
     face = MetricsFace(ctx)
