@@ -103,7 +103,8 @@ class Poller:
         self._down_logged = False
         self.up = True
         self.failures = 0
-        self._last_good = started
+        # An event-driven device's reading is as old as its frame, not as this poll.
+        self._last_good = started if measured is None else measured
         return True
 
     def _went_down(self, exc: DriverError) -> None:

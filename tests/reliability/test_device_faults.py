@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from appliance.aio import cancel_and_wait
 from appliance.drivers.base import MeterReading
 from appliance.store import Quality
 from tests.reliability.conftest import MODES, RunningSite, wait_until
@@ -254,3 +255,64 @@ async def test_grid_voltage_collapse_goes_off_grid_at_zero_and_returns_after_the
     assert back_s >= 9.5, back_s
     assert running.value("alarms.off_grid") is False
     assert time.monotonic() > back_at
+
+
+async def test_sml_line_noise_is_rejected_and_a_corrupted_line_marks_the_meter_bad(
+    running: RunningSite,
+) -> None:
+    """Noise between telegrams is skipped; telegrams failing their CRC are never taken."""
+    meter = running.site.sml_simulators["sml_meter"]
+    store = running.core.store
+    await wait_until(lambda: store.get("sml_meter.active_power").quality is Quality.GOOD, 10)
+    meter.faults.garbage = True  # line noise and a cut-off frame before each telegram
+    await asyncio.sleep(4.0)
+    assert store.get("sml_meter.active_power").quality is Quality.GOOD
+    assert store.get("sml_meter.comm_ok").value is True
+    meter.faults.garbage = False
+    meter.faults.bad_crc = True  # every telegram corrupted: nothing valid arrives
+    lost_s = await wait_until(
+        lambda: store.get("sml_meter.active_power").quality is not Quality.GOOD, 8
+    )
+    assert lost_s <= 2.0 + 2.5  # its 2 s staleness, a poll and a telegram period
+    meter.faults.bad_crc = False
+    await wait_until(lambda: store.get("sml_meter.active_power").quality is Quality.GOOD, 10)
+    assert running.tasks_alive()
+
+
+async def test_a_zigbee_clamp_that_stops_reporting_goes_bad_and_control_goes_on(
+    running: RunningSite,
+) -> None:
+    """The clamp only measures the house: losing it is an alarm, not a control fault."""
+    await _maxself_with_power(running)
+
+    async def supervise() -> None:  # the test outlasts the heartbeat timeout: a SCADA beats
+        for counter in itertools.count(1):
+            running.command("heartbeat", "heartbeat.counter", counter % 65536)
+            await asyncio.sleep(2.0)
+
+    scada = asyncio.create_task(supervise(), name="test.heartbeat")
+    try:
+        await _lose_the_clamp(running)
+    finally:
+        await cancel_and_wait([scada])
+
+
+async def _lose_the_clamp(running: RunningSite) -> None:
+    store = running.core.store
+    await wait_until(
+        lambda: store.get("consumption_clamp.active_power").quality is Quality.GOOD, 15
+    )
+    for feed in running.site.clamp_feeds.values():
+        await feed.stop()  # the simulated clamp hears nothing more and stops reporting
+    # 5 s until the radio silences the clamp, then its 30 s staleness limit, then a poll.
+    lost_s = await wait_until(
+        lambda: store.get("consumption_clamp.active_power").quality is not Quality.GOOD, 45
+    )
+    log.info("figure: clamp reports stopped, its points not GOOD after %.1f s", lost_s)
+    # Stale first (Uncertain), then declared down at the next failed poll.
+    await wait_until(lambda: store.get("consumption_clamp.comm_ok").value is False, 5)
+    assert store.get("consumption_clamp.active_power").quality is Quality.BAD
+    assert running.state == MODES["maxself"]
+    assert store.get("grid.active_power").quality is Quality.GOOD
+    assert abs(running.writer(1).last_written or 0.0) > 100.0  # still controlling
+    assert running.tasks_alive()
