@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from appliance.archive.influx import InfluxWriter, WriteOutcome
-from appliance.archive.spool import Spool, SpooledBatch
+from appliance.archive.spool import DamagedBatch, Spool, SpooledBatch
 from appliance.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,9 @@ class Forwarder:
                     await self._wake.wait()
                     continue
                 await self._send(batch)
+            except DamagedBatch as damaged:
+                # Retrying cannot mend it, and it would hold back every batch behind it.
+                await self._quarantine_damaged(damaged)
             except (OSError, sqlite3.Error) as exc:
                 # The spool's disk failed under us: nothing is lost yet, try again later.
                 log.error("archive: spool error while forwarding: %s", exc)
@@ -107,6 +110,19 @@ class Forwarder:
                 # The batch stays at the head of the spool; it is retried after the back-off.
                 log.exception("archive: unexpected error while forwarding")
                 await asyncio.sleep(self._backoff.next_delay())
+
+    async def _quarantine_damaged(self, damaged: DamagedBatch) -> None:
+        now = self._clock.time()
+        await self._spool(lambda s: s.quarantine(damaged.batch_id, 0, damaged.reason, now))
+        self.counters.batches_quarantined += 1
+        self.counters.points_quarantined += damaged.lines
+        log.error(
+            "archive: batch %d (%d points) in the spool is damaged (%s); quarantined",
+            damaged.batch_id,
+            damaged.lines,
+            damaged.reason,
+        )
+        await self._on_change()
 
     async def _send(self, batch: SpooledBatch) -> None:
         result = await self._writer.write(batch.payload)

@@ -50,6 +50,16 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 
+class DamagedBatch(Exception):
+    """The head batch's stored payload no longer decompresses (a damaged page on disk)."""
+
+    def __init__(self, batch_id: int, lines: int, reason: str) -> None:
+        super().__init__(f"batch {batch_id}: {reason}")
+        self.batch_id = batch_id
+        self.lines = lines
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class SpooledBatch:
     id: int
@@ -144,7 +154,11 @@ class Spool:
         ).fetchone()
         if row is None:
             return None
-        return SpooledBatch(row[0], zlib.decompress(row[1]), row[2], row[3], row[4])
+        try:
+            payload = zlib.decompress(row[1])
+        except zlib.error as exc:
+            raise DamagedBatch(row[0], row[2], f"payload damaged on disk: {exc}") from exc
+        return SpooledBatch(row[0], payload, row[2], row[3], row[4])
 
     def remove(self, batch_id: int) -> None:
         self._db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
