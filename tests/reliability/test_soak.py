@@ -21,10 +21,10 @@ the same run's figures at the end of the warm-up (20 s: clients subscribed, cach
 * asyncio tasks and file descriptors: a steady load keeps them steady; a scrape, a reconnect
   or an OPC UA publish in flight when a sample is taken accounts for a handful, so at most 6
   above the baseline at any sample and at most 3 at the end.
-* the control cycle: no overrun (a whole 500 ms period late) and a p99 lateness over the run
-  under 100 ms, a fifth of the period; the cycle ran every 500 ms all along. The faces share the core's event loop here (on a site they have
-  their own process), so this is the cycle's budget guard, not its performance figure
-  (bench/loop_lateness.py measures that).
+* the control cycle ran every 500 ms all along. Its lateness and overruns are measured and
+  reported, not asserted (speed is never asserted in a test): here the faces share the core's
+  event loop (on a site they have their own process) on a shared machine;
+  bench/loop_lateness.py measures the appliance as it runs.
 
 The load itself is checked too (clients subscribed, requests answered, heartbeats accepted,
 the archive written, the site still in maxself), so that a soak that quietly did nothing
@@ -67,7 +67,7 @@ def check_the_load_happened(result: SoakResult) -> None:
 
 
 @pytest.mark.timeout(SOAK_SECONDS + 240)
-async def test_the_site_with_every_face_loaded_holds_memory_tasks_fds_and_timing() -> None:
+async def test_the_site_with_every_face_loaded_holds_memory_tasks_and_fds() -> None:
     result = await soak.soak(SOAK_SECONDS)
     command = f"SOAK_SECONDS={SOAK_SECONDS:g} .venv/bin/pytest tests/reliability/test_soak.py"
     log.info("figure: soak\n%s", soak.report(result, command))
@@ -88,13 +88,10 @@ async def test_the_site_with_every_face_loaded_holds_memory_tasks_fds_and_timing
     assert end.tasks - base.tasks <= soak.TASKS_SLACK // 2
     assert max(r.fds for r in after) - base.fds <= soak.FDS_SLACK, [r.fds for r in result.rows]
     assert end.fds - base.fds <= soak.FDS_SLACK // 2
-    assert result.overruns == 0
     assert all(r.cycles >= 8 for r in result.rows)  # 10 per 5 s interval: the cycle ran
     assert len(result.lateness_ms) >= 0.9 * SOAK_SECONDS / 0.5
-    assert result.lateness_p(0.99) < soak.LATE_P99_MS, [
-        round(r.late_max_ms, 1) for r in result.rows
-    ]
-    assert all(g.met for g in result.goals())
+    # Lateness and overruns are measured and reported (bench/soak.py, the log line above), not
+    # asserted: here the site, the core and every face share one loop on a shared CI machine.
 
 
 def test_the_soak_benchmark_runs_quick_without_writing_the_docs() -> None:
